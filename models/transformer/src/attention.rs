@@ -34,11 +34,11 @@ fn plain_causal(
         return false;
     }
     match window {
-        // The earliest key must be visible from the first query.
+        // The earliest key must still be inside the window of the last query.
         Some(w) => view_positions
             .iter()
             .min()
-            .is_none_or(|&p| p + w > first_query),
+            .is_none_or(|&p| p + w > query_positions[t - 1]),
         None => true,
     }
 }
@@ -179,5 +179,28 @@ mod tests {
         assert!(!plain_causal(&[0, 1, 2, 3], &[1, 2], None)); // queries not at the end
         assert!(!plain_causal(&[0, 1, 2, 3], &[3], Some(2))); // key 0 and 1 outside the window
         assert!(plain_causal(&[2, 3], &[3], Some(2)));
+        assert!(!plain_causal(&[0, 1, 2], &[0, 1, 2], Some(2))); // query 2 must not see key 0
+        assert!(plain_causal(&[0, 1, 2], &[0, 1, 2], Some(3)));
+    }
+}
+#[cfg(test)]
+mod mask_tests {
+    use super::*;
+    #[test]
+    fn window_mask_hides_future_and_distant_keys() {
+        let m = position_mask::<burn::backend::Flex>(
+            &[0, 1, 2, 3],
+            &[0, 1, 2, 3],
+            Some(2),
+            &Default::default(),
+        );
+        let v: Vec<bool> = m.into_data().to_vec().unwrap();
+        let expect = vec![
+            false, true, true, true, //
+            false, false, true, true, //
+            true, false, false, true, //
+            true, true, false, false,
+        ];
+        assert_eq!(v, expect);
     }
 }

@@ -1,0 +1,227 @@
+use std::time::Instant;
+
+use burn::tensor::{backend::Backend, Tensor};
+use serde::{Deserialize, Serialize};
+
+use longctx_core::{
+    Budget, CacheContext, CausalLm, CompressionPhase, Error, KvMethod, LogitsSelection, Result,
+    SequenceState,
+};
+
+use crate::sampling::{Sampler, Sampling};
+
+/// Settings of one generation.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct GenerationConfig {
+    pub max_new_tokens: usize,
+    pub sampling: Sampling,
+    /// Token ids that end generation (not included in the output).
+    pub stop_tokens: Vec<u32>,
+    /// Upper bound on prefill chunk length, independent of the method (bounds activation
+    /// memory); `None` = the method's chunk size, or the whole prompt.
+    pub max_prefill_chunk: Option<usize>,
+}
+
+impl Default for GenerationConfig {
+    fn default() -> Self {
+        Self {
+            max_new_tokens: 32,
+            sampling: Sampling::Greedy,
+            stop_tokens: Vec::new(),
+            max_prefill_chunk: None,
+        }
+    }
+}
+
+/// Why generation ended.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum StopReason {
+    StopToken,
+    MaxNewTokens,
+}
+
+/// Generated tokens with timings and KV memory.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct GenerationResult {
+    pub prompt_tokens: usize,
+    /// Generated ids, without the stop token.
+    pub tokens: Vec<u32>,
+    pub stop_reason: StopReason,
+    /// Prompt processing, up to and including the first generated token's logits.
+    pub prefill_seconds: f64,
+    /// All decode forward passes.
+    pub decode_seconds: f64,
+    /// Number of decode forward passes (generated tokens after the first).
+    pub decode_steps: usize,
+    /// Time spent inside `compress` calls (also counted in prefill or decode time).
+    pub compression_seconds: f64,
+    /// Bytes of sequence state per layer once the prompt is processed (after any end-of-prefill
+    /// compression).
+    pub state_bytes_after_prefill: Vec<usize>,
+    /// Bytes per layer at the end of generation.
+    pub state_bytes_end: Vec<usize>,
+    /// Tokens held per attention layer after prefill (`None` for recurrent layers).
+    pub tokens_held_after_prefill: Vec<Option<usize>>,
+    /// Tokens held per attention layer at the end.
+    pub tokens_held_end: Vec<Option<usize>>,
+}
+
+impl GenerationResult {
+    /// Prompt tokens per second of prefill.
+    pub fn prefill_tokens_per_second(&self) -> f64 {
+        self.prompt_tokens as f64 / self.prefill_seconds.max(1e-12)
+    }
+
+    /// Decode steps per second (`NaN` when no decode step ran).
+    pub fn decode_tokens_per_second(&self) -> f64 {
+        if self.decode_steps == 0 {
+            f64::NAN
+        } else {
+            self.decode_steps as f64 / self.decode_seconds.max(1e-12)
+        }
+    }
+}
+
+/// Picks the next token from logits `[1, vocab]`; reading the result synchronises the device.
+fn pick<B: Backend>(logits: Tensor<B, 2>, sampler: &mut Option<Sampler>) -> Result<u32> {
+    match sampler {
+        None => {
+            let data = logits.argmax(1).into_data();
+            let id = data
+                .iter::<i64>()
+                .next()
+                .ok_or_else(|| Error::Other("empty logits".into()))?;
+            Ok(id as u32)
+        }
+        Some(s) => {
+            let data = logits.into_data().convert::<f32>();
+            let row = data
+                .as_slice::<f32>()
+                .map_err(|e| Error::Other(format!("reading logits: {e:?}")))?;
+            Ok(s.sample(row))
+        }
+    }
+}
+
+/// Runs one prompt through `model` with caches from `method` under `budget`.
+///
+/// `on_token` is called with each generated id as soon as it is chosen (for streaming).
+pub fn generate<B: Backend>(
+    model: &dyn CausalLm<B>,
+    method: &dyn KvMethod<B>,
+    budget: Budget,
+    prompt: &[u32],
+    config: &GenerationConfig,
+    on_token: &mut dyn FnMut(u32),
+) -> Result<GenerationResult> {
+    let info = model.info();
+    if prompt.is_empty() {
+        return Err(Error::InvalidInput("the prompt is empty".into()));
+    }
+    let needed = prompt.len() + config.max_new_tokens;
+    if needed > info.max_context {
+        return Err(Error::InvalidInput(format!(
+            "prompt ({} tokens) plus max new tokens ({}) is {needed}, beyond {}'s context of {} tokens",
+            prompt.len(),
+            config.max_new_tokens,
+            info.name,
+            info.max_context
+        )));
+    }
+    let caps = method.capabilities();
+    let ctx = CacheContext {
+        budget,
+        prompt_tokens: prompt.len(),
+        n_layers: info.layers.len(),
+    };
+    let mut state = SequenceState::new(&info.layers, method, &ctx)?;
+    let mut sampler = match config.sampling {
+        Sampling::Greedy => None,
+        Sampling::Sample {
+            temperature,
+            top_p,
+            seed,
+        } => Some(Sampler::new(temperature, top_p, seed)),
+    };
+    let mut compression_seconds = 0.0;
+    let mut compress = |state: &mut SequenceState<B>, phase| -> Result<()> {
+        let t = Instant::now();
+        state.compress(phase)?;
+        compression_seconds += t.elapsed().as_secs_f64();
+        Ok(())
+    };
+
+    // Prefill, in chunks when the method compresses per chunk or the caller bounds chunks.
+    let start = Instant::now();
+    let chunk = [caps.schedule.prefill_chunk_tokens, config.max_prefill_chunk]
+        .into_iter()
+        .flatten()
+        .min()
+        .unwrap_or(prompt.len())
+        .max(1);
+    let mut logits = None;
+    let mut offset = 0;
+    while offset < prompt.len() {
+        let end = (offset + chunk).min(prompt.len());
+        let positions: Vec<usize> = (offset..end).collect();
+        logits = Some(model.forward(
+            &prompt[offset..end],
+            &positions,
+            &mut state,
+            LogitsSelection::Last,
+        )?);
+        offset = end;
+        if caps.schedule.prefill_chunk_tokens.is_some() {
+            compress(&mut state, CompressionPhase::PrefillChunk)?;
+        }
+    }
+    if caps.schedule.after_prefill {
+        compress(&mut state, CompressionPhase::PrefillEnd)?;
+    }
+    let mut next = pick(logits.expect("prompt is not empty"), &mut sampler)?;
+    let prefill_seconds = start.elapsed().as_secs_f64();
+    let state_bytes_after_prefill = state.memory_bytes_per_layer();
+    let tokens_held_after_prefill = state.tokens_per_layer();
+
+    // Decode.
+    let start = Instant::now();
+    let mut tokens = Vec::with_capacity(config.max_new_tokens);
+    let mut decode_steps = 0;
+    let mut stop_reason = StopReason::MaxNewTokens;
+    while tokens.len() < config.max_new_tokens {
+        if config.stop_tokens.contains(&next) {
+            stop_reason = StopReason::StopToken;
+            break;
+        }
+        tokens.push(next);
+        on_token(next);
+        if tokens.len() == config.max_new_tokens {
+            break;
+        }
+        let position = state.processed_tokens;
+        let logits = model.forward(&[next], &[position], &mut state, LogitsSelection::Last)?;
+        decode_steps += 1;
+        if let Some(n) = caps.schedule.decode_interval {
+            if decode_steps % n.max(1) == 0 {
+                compress(&mut state, CompressionPhase::Decode)?;
+            }
+        }
+        next = pick(logits, &mut sampler)?;
+    }
+    let decode_seconds = start.elapsed().as_secs_f64();
+
+    Ok(GenerationResult {
+        prompt_tokens: prompt.len(),
+        tokens,
+        stop_reason,
+        prefill_seconds,
+        decode_seconds,
+        decode_steps,
+        compression_seconds,
+        state_bytes_after_prefill,
+        state_bytes_end: state.memory_bytes_per_layer(),
+        tokens_held_after_prefill,
+        tokens_held_end: state.tokens_per_layer(),
+    })
+}

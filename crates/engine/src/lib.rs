@@ -1,0 +1,13 @@
+//! The runner: turns a model, a KV method, a budget and a prompt into generated tokens, with
+//! timings and KV memory per layer.
+//!
+//! It branches only on the method's declared [`MethodCapabilities`](longctx_core::MethodCapabilities):
+//! the prompt is prefilled in chunks when the method compresses per chunk, `compress` is called
+//! at the end of prefill and every `decode_interval` decode steps when declared, and attention
+//! weights or queries are computed only when the method observes them.
+
+mod generate;
+mod sampling;
+
+pub use generate::{generate, GenerationConfig, GenerationResult, StopReason};
+pub use sampling::Sampling;
