@@ -19,7 +19,7 @@ impl TinyModel {
     pub fn config(params: &Params) -> Result<TransformerConfig> {
         let window = params.int("sliding_window")?;
         Ok(TransformerConfig {
-            vocab_size: ByteTokenizer::VOCAB,
+            vocab_size: params.usize_at_least("vocab", ByteTokenizer::VOCAB)?,
             hidden_size: params.usize_at_least("hidden", 2)?,
             intermediate_size: params.usize_at_least("intermediate", 1)?,
             n_layers: params.usize_at_least("layers", 1)?,
@@ -92,6 +92,11 @@ impl ModelDescriptor for TinyModel {
         vec![
             ParamSpec::int("seed", 0, "seed of the random weights"),
             ParamSpec::int("layers", 2, "number of decoder layers"),
+            ParamSpec::int(
+                "vocab",
+                ByteTokenizer::VOCAB as i64,
+                "vocabulary size (at least the byte tokenizer's 259; larger only adds output rows)",
+            ),
             ParamSpec::int("hidden", 64, "hidden size"),
             ParamSpec::int("heads", 4, "query heads"),
             ParamSpec::int("kv_heads", 2, "key/value heads (grouped-query attention)"),

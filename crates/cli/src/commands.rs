@@ -1,0 +1,294 @@
+use std::io::Write;
+use std::path::PathBuf;
+
+use anyhow::{Context, Result};
+use burn::backend::Flex;
+use burn::tensor::backend::Backend;
+
+use longctx_backend::{run_on, BackendInfo, BackendJob};
+use longctx_core::params::parse_assignments;
+use longctx_core::Registry;
+use longctx_engine::{generate as run_generation, GenerationConfig, Sampling};
+use longctx_harness::{record_path, run_cell, write_record_atomically, CellConfig, RunRecord};
+
+use crate::ModelArgs;
+
+fn param_lines(specs: &[longctx_core::ParamSpec]) -> String {
+    specs
+        .iter()
+        .map(|p| {
+            format!(
+                "      {} ({}, default {}): {}\n",
+                p.name, p.kind, p.default, p.help
+            )
+        })
+        .collect()
+}
+
+/// `longctx list`.
+pub fn list(json: bool) -> Result<()> {
+    // Descriptions and parameters do not depend on the backend.
+    let r: Registry<Flex> = longctx_registry::builtin();
+    if json {
+        let entry = |name: &str, description: &str, params: &[longctx_core::ParamSpec]| {
+            serde_json::json!({
+                "name": name,
+                "description": description,
+                "params": params.iter().map(|p| serde_json::json!({
+                    "name": p.name, "type": p.kind.to_string(), "default": p.default, "help": p.help
+                })).collect::<Vec<_>>()
+            })
+        };
+        let out = serde_json::json!({
+            "models": r.models().map(|e| entry(e.name, e.description, &e.params)).collect::<Vec<_>>(),
+            "methods": r.methods().map(|e| entry(e.name, e.description, &e.params)).collect::<Vec<_>>(),
+            "tasks": r.tasks().map(|e| entry(e.name, e.description, &e.params)).collect::<Vec<_>>(),
+        });
+        println!("{}", serde_json::to_string_pretty(&out)?);
+        return Ok(());
+    }
+    let mut s = String::from("Models:\n");
+    for e in r.models() {
+        s += &format!(
+            "  {}: {}\n{}",
+            e.name,
+            e.description,
+            param_lines(&e.params)
+        );
+    }
+    s += "KV methods:\n";
+    for e in r.methods() {
+        s += &format!(
+            "  {}: {}\n{}",
+            e.name,
+            e.description,
+            param_lines(&e.params)
+        );
+    }
+    s += "Tasks:\n";
+    for e in r.tasks() {
+        s += &format!(
+            "  {}: {}\n{}",
+            e.name,
+            e.description,
+            param_lines(&e.params)
+        );
+    }
+    s += "Backends: cpu (= flex), flex, ndarray, wgpu, cuda\n";
+    print!("{s}");
+    Ok(())
+}
+
+struct GenerateJob {
+    args: ModelArgs,
+    prompt: String,
+    config: GenerationConfig,
+}
+
+impl BackendJob for GenerateJob {
+    type Output = Result<()>;
+    fn run<B: Backend>(self, device: B::Device, _info: BackendInfo) -> Result<()> {
+        let registry = longctx_registry::builtin::<B>();
+        let model_params = registry.model_params(
+            &self.args.model,
+            &parse_assignments(&self.args.model_params)?,
+        )?;
+        let method_params = registry.method_params(
+            &self.args.method,
+            &parse_assignments(&self.args.method_params)?,
+        )?;
+        let loaded = registry.load_model(&self.args.model, &model_params, &device)?;
+        let method = registry.build_method(&self.args.method, &method_params)?;
+        let tokenizer = loaded.tokenizer.clone();
+        let prompt = tokenizer.encode(&self.prompt, true)?;
+        let mut config = self.config;
+        config.stop_tokens = tokenizer.stop_tokens();
+        // Decode the whole generation each time and print what is new, so multi-token
+        // characters come out whole.
+        let mut ids = Vec::new();
+        let mut printed = 0;
+        let mut stdout = std::io::stdout();
+        let out = run_generation(
+            loaded.model.as_ref(),
+            method.as_ref(),
+            self.args.budget,
+            &prompt,
+            &config,
+            &mut |id| {
+                ids.push(id);
+                if let Ok(text) = tokenizer.decode(&ids) {
+                    if text.len() > printed && text.is_char_boundary(printed) {
+                        let _ = write!(stdout, "{}", &text[printed..]);
+                        let _ = stdout.flush();
+                        printed = text.len();
+                    }
+                }
+            },
+        )?;
+        println!();
+        eprintln!(
+            "[{} prompt tokens, {} generated; prefill {:.1} tok/s, decode {:.1} tok/s; KV {} bytes]",
+            out.prompt_tokens,
+            out.tokens.len(),
+            out.prefill_tokens_per_second(),
+            out.decode_tokens_per_second(),
+            out.state_bytes_end.iter().sum::<usize>()
+        );
+        Ok(())
+    }
+}
+
+/// `longctx generate`.
+pub fn generate(
+    args: ModelArgs,
+    prompt: String,
+    max_new_tokens: usize,
+    temperature: f64,
+    top_p: f64,
+    seed: u64,
+) -> Result<()> {
+    let sampling = if temperature > 0.0 {
+        Sampling::Sample {
+            temperature,
+            top_p,
+            seed,
+        }
+    } else {
+        Sampling::Greedy
+    };
+    let config = GenerationConfig {
+        max_new_tokens,
+        sampling,
+        stop_tokens: Vec::new(),
+        max_prefill_chunk: args.max_prefill_chunk,
+    };
+    let backend = args.backend;
+    run_on(
+        backend,
+        GenerateJob {
+            args,
+            prompt,
+            config,
+        },
+    )?
+}
+
+struct RunJob {
+    args: ModelArgs,
+    task: String,
+    task_params: Vec<String>,
+    out: PathBuf,
+    force: bool,
+    verbose: bool,
+}
+
+fn print_summary(record: &RunRecord, path: &std::path::Path) {
+    println!(
+        "{} | {} | {} ({}) | {} | {}",
+        record.config.model.name,
+        record.config.method.name,
+        record.config.budget,
+        record.config.task.name,
+        record.config.backend,
+        record.provenance.backend.device
+    );
+    let metrics: Vec<String> = record
+        .metrics
+        .overall
+        .iter()
+        .map(|(k, v)| format!("{k} {v:.3}"))
+        .collect();
+    println!(
+        "  overall ({} samples): {}",
+        record.metrics.samples,
+        metrics.join(", ")
+    );
+    for (key, groups) in &record.metrics.by {
+        for (value, m) in groups {
+            let metrics: Vec<String> = m.iter().map(|(k, v)| format!("{k} {v:.3}")).collect();
+            println!("  {key}={value}: {}", metrics.join(", "));
+        }
+    }
+    println!(
+        "  KV bytes/token {:.1} (fp16 full cache {}; {:.2}x), prefill {:.0} tok/s, decode {} tok/s",
+        record.memory.bytes_per_token,
+        record.memory.fp16_full_bytes_per_token,
+        record.memory.compression_vs_fp16,
+        record.timing.mean_prefill_tokens_per_second,
+        record
+            .timing
+            .mean_decode_tokens_per_second
+            .map_or("-".into(), |d| format!("{d:.1}"))
+    );
+    println!("  record: {}", path.display());
+}
+
+impl BackendJob for RunJob {
+    type Output = Result<()>;
+    fn run<B: Backend>(self, device: B::Device, info: BackendInfo) -> Result<()> {
+        let registry = longctx_registry::builtin::<B>();
+        let config = CellConfig::resolve(
+            &registry,
+            (
+                &self.args.model,
+                &parse_assignments(&self.args.model_params)?,
+            ),
+            (
+                &self.args.method,
+                &parse_assignments(&self.args.method_params)?,
+            ),
+            self.args.budget,
+            (&self.task, &parse_assignments(&self.task_params)?),
+            info.kind,
+            Sampling::Greedy,
+            self.args.max_prefill_chunk,
+        )?;
+        let path = record_path(&self.out, &config);
+        if path.exists() && !self.force {
+            let record: RunRecord = serde_json::from_slice(
+                &std::fs::read(&path).with_context(|| format!("reading {}", path.display()))?,
+            )
+            .with_context(|| {
+                format!(
+                    "{} exists but is not a valid record; remove it or pass --force",
+                    path.display()
+                )
+            })?;
+            eprintln!("a record of this configuration exists; not running again (pass --force to replace it)");
+            print_summary(&record, &path);
+            return Ok(());
+        }
+        let verbose = self.verbose;
+        let record = run_cell(&registry, &config, &device, info, &mut |line| {
+            if verbose {
+                eprintln!("{line}");
+            }
+        })?;
+        let path = write_record_atomically(&path, &record)?;
+        print_summary(&record, &path);
+        Ok(())
+    }
+}
+
+/// `longctx run`.
+pub fn run(
+    args: ModelArgs,
+    task: String,
+    task_params: Vec<String>,
+    out: PathBuf,
+    force: bool,
+    verbose: bool,
+) -> Result<()> {
+    let backend = args.backend;
+    run_on(
+        backend,
+        RunJob {
+            args,
+            task,
+            task_params,
+            out,
+            force,
+            verbose,
+        },
+    )?
+}

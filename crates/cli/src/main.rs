@@ -1,0 +1,169 @@
+//! `longctx`: measure what long-context methods give and what they cost.
+
+mod backends_check;
+mod commands;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Args, Parser, Subcommand};
+
+use longctx_backend::BackendKind;
+use longctx_core::Budget;
+
+#[derive(Parser)]
+#[command(
+    name = "longctx",
+    version,
+    about = "Benchmark long-context LLM methods (KV-cache compression, token dropping, prompt compression) on real models, on CPU, WGPU or CUDA."
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+/// Model, method and budget selection shared by `generate` and `run`.
+#[derive(Args, Clone)]
+pub struct ModelArgs {
+    /// Registered model name (see `longctx list`).
+    #[arg(long, default_value = "tiny")]
+    pub model: String,
+    /// Model parameter as name=value (repeatable), e.g. --model-param seed=3.
+    #[arg(long = "model-param", value_name = "NAME=VALUE")]
+    pub model_params: Vec<String>,
+    /// Registered KV method name (see `longctx list`).
+    #[arg(long, default_value = "full")]
+    pub method: String,
+    /// Method parameter as name=value (repeatable).
+    #[arg(long = "method-param", value_name = "NAME=VALUE")]
+    pub method_params: Vec<String>,
+    /// KV budget: unlimited, <r>x (ratio of the prompt length, e.g. 4x), <n>tok, <n>B, <n>KiB, <n>MiB.
+    #[arg(long, default_value = "unlimited")]
+    pub budget: Budget,
+    /// Backend: cpu (the faster CPU backend, flex), flex, ndarray, wgpu or cuda.
+    #[arg(long, default_value = "cpu")]
+    pub backend: BackendKind,
+    /// Largest prefill chunk in tokens regardless of the method (bounds activation memory).
+    #[arg(long)]
+    pub max_prefill_chunk: Option<usize>,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// List registered models, KV methods (with parameters and defaults) and tasks.
+    List {
+        /// Print JSON instead of text.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Generate text from a prompt, streaming tokens to standard output.
+    Generate {
+        #[command(flatten)]
+        model: ModelArgs,
+        /// The prompt text.
+        #[arg(long)]
+        prompt: String,
+        /// Tokens to generate at most.
+        #[arg(long, default_value_t = 64)]
+        max_new_tokens: usize,
+        /// Sampling temperature; 0 = greedy.
+        #[arg(long, default_value_t = 0.0)]
+        temperature: f64,
+        /// Nucleus sampling threshold (with --temperature > 0).
+        #[arg(long, default_value_t = 1.0)]
+        top_p: f64,
+        /// Seed of the sampler.
+        #[arg(long, default_value_t = 0)]
+        seed: u64,
+    },
+    /// Run one model x method x task cell and write its JSON record.
+    Run {
+        #[command(flatten)]
+        model: ModelArgs,
+        /// Registered task name (see `longctx list`).
+        #[arg(long, default_value = "passkey")]
+        task: String,
+        /// Task parameter as name=value (repeatable), e.g. --task-param lengths=512,1024.
+        #[arg(long = "task-param", value_name = "NAME=VALUE")]
+        task_params: Vec<String>,
+        /// Directory the record is written under (<out>/<task>/...json).
+        #[arg(long, default_value = "results/runs")]
+        out: PathBuf,
+        /// Run again even if a record of this exact configuration exists (it is replaced).
+        #[arg(long)]
+        force: bool,
+        /// Print one line per sample.
+        #[arg(long)]
+        verbose: bool,
+    },
+    /// Check that backends agree: tiny-model logits and incremental decoding against a reference
+    /// backend; writes a JSON record.
+    CheckBackends {
+        /// Backends to check, comma-separated.
+        #[arg(long, value_delimiter = ',', default_value = "ndarray,wgpu")]
+        backends: Vec<BackendKind>,
+        /// Reference backend.
+        #[arg(long, default_value = "flex")]
+        reference: BackendKind,
+        /// Largest accepted relative error.
+        #[arg(long, default_value_t = 1e-4)]
+        tolerance: f64,
+        /// Directory the record is written to.
+        #[arg(long, default_value = "results/backends")]
+        out: PathBuf,
+    },
+    /// Measure the CPU backends (flex, ndarray) on the same work: a 1024^3 matmul and a
+    /// SmolLM2-135M-shaped transformer's prefill and decode. Writes a JSON record.
+    BenchCpuBackends {
+        /// Prompt tokens for the prefill measurement.
+        #[arg(long, default_value_t = 512)]
+        prompt_tokens: usize,
+        /// Decode steps measured after the prefill.
+        #[arg(long, default_value_t = 32)]
+        decode_tokens: usize,
+        /// Directory the record is written to.
+        #[arg(long, default_value = "results/backends")]
+        out: PathBuf,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::List { json } => commands::list(json),
+        Command::Generate {
+            model,
+            prompt,
+            max_new_tokens,
+            temperature,
+            top_p,
+            seed,
+        } => commands::generate(model, prompt, max_new_tokens, temperature, top_p, seed),
+        Command::Run {
+            model,
+            task,
+            task_params,
+            out,
+            force,
+            verbose,
+        } => commands::run(model, task, task_params, out, force, verbose),
+        Command::CheckBackends {
+            backends,
+            reference,
+            tolerance,
+            out,
+        } => backends_check::check_backends(backends, reference, tolerance, out),
+        Command::BenchCpuBackends {
+            prompt_tokens,
+            decode_tokens,
+            out,
+        } => backends_check::bench_cpu_backends(prompt_tokens, decode_tokens, out),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}

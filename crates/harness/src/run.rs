@@ -1,0 +1,324 @@
+use std::path::{Path, PathBuf};
+use std::time::{Instant, SystemTime};
+
+use burn::tensor::backend::Backend;
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+
+use longctx_backend::{BackendInfo, BackendKind};
+use longctx_core::{Budget, LayerSpec, Params, RawParams, Registry, Result, Sample};
+use longctx_engine::{generate, GenerationConfig, Sampling};
+
+use crate::provenance::Provenance;
+use crate::record::{Aggregate, MemorySummary, RunRecord, SampleRecord, TimingSummary};
+
+/// A named component with its validated parameters (defaults filled in).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Component {
+    pub name: String,
+    pub params: Params,
+}
+
+/// The full configuration of one cell; its hash names the record.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct CellConfig {
+    pub model: Component,
+    pub method: Component,
+    pub budget: Budget,
+    pub task: Component,
+    /// The concrete backend (`cpu` already resolved).
+    pub backend: BackendKind,
+    pub sampling: Sampling,
+    pub max_prefill_chunk: Option<usize>,
+}
+
+impl CellConfig {
+    /// Validates every name and parameter against `registry`.
+    #[allow(clippy::too_many_arguments)]
+    pub fn resolve<B: Backend>(
+        registry: &Registry<B>,
+        model: (&str, &RawParams),
+        method: (&str, &RawParams),
+        budget: Budget,
+        task: (&str, &RawParams),
+        backend: BackendKind,
+        sampling: Sampling,
+        max_prefill_chunk: Option<usize>,
+    ) -> Result<Self> {
+        Ok(Self {
+            model: Component {
+                name: model.0.into(),
+                params: registry.model_params(model.0, model.1)?,
+            },
+            method: Component {
+                name: method.0.into(),
+                params: registry.method_params(method.0, method.1)?,
+            },
+            budget,
+            task: Component {
+                name: task.0.into(),
+                params: registry.task_params(task.0, task.1)?,
+            },
+            backend: backend.resolve(),
+            sampling,
+            max_prefill_chunk,
+        })
+    }
+}
+
+fn sha256_hex(bytes: &[u8]) -> String {
+    Sha256::digest(bytes)
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
+/// SHA-256 of the configuration's canonical JSON (maps are ordered, so equal configs hash equal).
+pub fn config_hash(config: &CellConfig) -> String {
+    sha256_hex(&serde_json::to_vec(config).expect("a config always serialises"))
+}
+
+/// `<dir>/<task>/<model>__<method>__<budget>__<backend>__<hash12>.json`.
+pub fn record_path(dir: &Path, config: &CellConfig) -> PathBuf {
+    let clean = |s: &str| {
+        s.chars()
+            .map(|c| {
+                if c.is_ascii_alphanumeric() || c == '-' || c == '.' {
+                    c
+                } else {
+                    '_'
+                }
+            })
+            .collect::<String>()
+    };
+    dir.join(clean(&config.task.name)).join(format!(
+        "{}__{}__{}__{}__{}.json",
+        clean(&config.model.name),
+        clean(&config.method.name),
+        clean(&config.budget.to_string()),
+        config.backend,
+        &config_hash(config)[..12]
+    ))
+}
+
+fn now_rfc3339() -> String {
+    humantime::format_rfc3339_seconds(SystemTime::now()).to_string()
+}
+
+fn mean(v: impl Iterator<Item = f64>) -> Option<f64> {
+    let (s, n) = v.fold((0.0, 0usize), |(s, n), x| (s + x, n + 1));
+    (n > 0).then(|| s / n as f64)
+}
+
+/// Runs every sample of the cell on `device` and returns the record (not yet written).
+/// `progress` receives one line per finished sample.
+pub fn run_cell<B: Backend>(
+    registry: &Registry<B>,
+    config: &CellConfig,
+    device: &B::Device,
+    backend: BackendInfo,
+    progress: &mut dyn FnMut(&str),
+) -> Result<RunRecord> {
+    let started_at = now_rfc3339();
+    let wall = Instant::now();
+    let loaded = registry.load_model(&config.model.name, &config.model.params, device)?;
+    let method = registry.build_method(&config.method.name, &config.method.params)?;
+    let task = registry.build_task(&config.task.name, &config.task.params)?;
+    let tokenizer = loaded.tokenizer.as_ref();
+    let samples: Vec<Sample> = task.samples(tokenizer)?;
+
+    let mut dataset = Sha256::new();
+    for s in &samples {
+        dataset.update(s.prompt().as_bytes());
+        for r in &s.references {
+            dataset.update(r.as_bytes());
+        }
+    }
+    let dataset_sha256 = dataset
+        .finalize()
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect();
+
+    let mut records = Vec::with_capacity(samples.len());
+    for (i, sample) in samples.iter().enumerate() {
+        let prompt_text = sample.prompt();
+        let prompt = tokenizer.encode(&prompt_text, true)?;
+        let gen_config = GenerationConfig {
+            max_new_tokens: sample.max_new_tokens,
+            sampling: config.sampling,
+            stop_tokens: tokenizer.stop_tokens(),
+            max_prefill_chunk: config.max_prefill_chunk,
+        };
+        let out = generate(
+            loaded.model.as_ref(),
+            method.as_ref(),
+            config.budget,
+            &prompt,
+            &gen_config,
+            &mut |_| {},
+        )?;
+        let prediction = tokenizer.decode(&out.tokens)?;
+        let scores = task.score(sample, &prediction);
+        progress(&format!(
+            "[{}/{}] {} prompt {} tok, prefill {:.0} tok/s, decode {:.1} tok/s, {}",
+            i + 1,
+            samples.len(),
+            sample.id,
+            prompt.len(),
+            out.prefill_tokens_per_second(),
+            out.decode_tokens_per_second(),
+            scores
+                .iter()
+                .map(|(k, v)| format!("{k}={v:.2}"))
+                .collect::<Vec<_>>()
+                .join(" ")
+        ));
+        records.push(SampleRecord {
+            id: sample.id.clone(),
+            metadata: sample.metadata.clone(),
+            prompt_tokens: prompt.len(),
+            prompt_sha256: sha256_hex(prompt_text.as_bytes()),
+            references: sample.references.clone(),
+            prediction,
+            generated_tokens: out.tokens.len(),
+            scores,
+            prefill_seconds: out.prefill_seconds,
+            prefill_tokens_per_second: out.prefill_tokens_per_second(),
+            decode_tokens_per_second: Some(out.decode_tokens_per_second())
+                .filter(|x| x.is_finite()),
+            compression_seconds: out.compression_seconds,
+            state_bytes_after_prefill: out.state_bytes_after_prefill,
+            state_bytes_end: out.state_bytes_end,
+            tokens_held_after_prefill: out.tokens_held_after_prefill,
+            tokens_held_end: out.tokens_held_end,
+        });
+    }
+
+    let fp16_full_bytes_per_token = loaded
+        .model
+        .info()
+        .layers
+        .iter()
+        .map(|l| match l {
+            LayerSpec::Attention(a) => a.fp16_bytes_per_token(),
+            LayerSpec::Recurrent(_) => 0,
+        })
+        .sum();
+    let bytes_per_token = mean(records.iter().map(|r| {
+        r.state_bytes_end.iter().sum::<usize>() as f64
+            / (r.prompt_tokens + r.generated_tokens).max(1) as f64
+    }))
+    .unwrap_or(0.0);
+    let memory = MemorySummary {
+        mean_state_bytes_after_prefill: mean(
+            records
+                .iter()
+                .map(|r| r.state_bytes_after_prefill.iter().sum::<usize>() as f64),
+        )
+        .unwrap_or(0.0),
+        mean_state_bytes_end: mean(
+            records
+                .iter()
+                .map(|r| r.state_bytes_end.iter().sum::<usize>() as f64),
+        )
+        .unwrap_or(0.0),
+        bytes_per_token,
+        fp16_full_bytes_per_token,
+        compression_vs_fp16: fp16_full_bytes_per_token as f64 / bytes_per_token.max(1e-12),
+    };
+    let timing = TimingSummary {
+        mean_prefill_tokens_per_second: mean(records.iter().map(|r| r.prefill_tokens_per_second))
+            .unwrap_or(0.0),
+        mean_decode_tokens_per_second: mean(
+            records.iter().filter_map(|r| r.decode_tokens_per_second),
+        ),
+        total_compression_seconds: records.iter().map(|r| r.compression_seconds).sum(),
+        wall_seconds: wall.elapsed().as_secs_f64(),
+    };
+    let metrics = Aggregate::from_samples(&records, &task.group_by());
+    let mut provenance = Provenance::collect(
+        backend,
+        loaded.provenance.clone(),
+        dataset_sha256,
+        started_at,
+    );
+    provenance.finished_at = now_rfc3339();
+    Ok(RunRecord {
+        schema: "longctx.run/1".into(),
+        config: config.clone(),
+        config_hash: config_hash(config),
+        metrics,
+        memory,
+        timing,
+        provenance,
+        samples: records,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use burn::backend::Flex;
+    use longctx_backend::BackendKind;
+
+    fn config(lengths: &str) -> (Registry<Flex>, CellConfig) {
+        let registry = longctx_registry::builtin::<Flex>();
+        let task = RawParams::from([
+            ("lengths".to_string(), lengths.to_string()),
+            ("depths".into(), "0,1".into()),
+        ]);
+        let c = CellConfig::resolve(
+            &registry,
+            ("tiny", &RawParams::new()),
+            ("full", &RawParams::new()),
+            Budget::Unlimited,
+            ("passkey", &task),
+            BackendKind::Cpu,
+            Sampling::Greedy,
+            None,
+        )
+        .unwrap();
+        (registry, c)
+    }
+
+    #[test]
+    fn a_cell_runs_and_its_record_is_complete() {
+        let (registry, c) = config("300");
+        let info = BackendInfo {
+            kind: BackendKind::Flex,
+            burn_name: "flex".into(),
+            device: "test".into(),
+        };
+        let record = run_cell(&registry, &c, &Default::default(), info, &mut |_| {}).unwrap();
+        assert_eq!(record.samples.len(), 2);
+        assert_eq!(record.metrics.samples, 2);
+        assert!(record.metrics.overall.contains_key("exact_match"));
+        assert_eq!(record.metrics.by["depth"].len(), 2);
+        // tiny: 2 layers x 2 KV heads x 16 dims x (K and V) x 2 bytes.
+        assert_eq!(record.memory.fp16_full_bytes_per_token, 2 * 2 * 16 * 2 * 2);
+        for s in &record.samples {
+            assert!(s.prompt_tokens <= 300);
+            assert_eq!(s.state_bytes_end.len(), 2);
+            // f32 full cache: at least 4 bytes per element for every token held.
+            let held = s.tokens_held_end[0].unwrap();
+            assert_eq!(held, s.prompt_tokens + s.generated_tokens - 1);
+            assert!(s.state_bytes_end[0] >= held * 2 * 2 * 16 * 4);
+        }
+        // The record round-trips through JSON and lands atomically under its hash.
+        let dir = std::env::temp_dir().join(format!("longctx-harness-test-{}", std::process::id()));
+        let path = crate::write_record_atomically(&record_path(&dir, &c), &record).unwrap();
+        assert!(path.to_string_lossy().contains(&record.config_hash[..12]));
+        let back: RunRecord = serde_json::from_slice(&std::fs::read(&path).unwrap()).unwrap();
+        assert_eq!(back.config, c);
+        std::fs::remove_dir_all(dir).unwrap();
+    }
+
+    #[test]
+    fn hashes_follow_the_configuration() {
+        let (_, a) = config("300");
+        let (_, b) = config("301");
+        assert_eq!(config_hash(&a), config_hash(&a.clone()));
+        assert_ne!(config_hash(&a), config_hash(&b));
+    }
+}

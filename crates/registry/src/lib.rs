@@ -1,0 +1,50 @@
+//! Every built-in model, method and task, registered by name.
+//!
+//! Adding a model, method or task is one new crate plus one line here (see the checklist in
+//! the README).
+
+use burn::tensor::backend::Backend;
+use longctx_core::Registry;
+
+/// The registry of everything longctx ships, for backend `B`.
+pub fn builtin<B: Backend>() -> Registry<B> {
+    let mut r = Registry::new();
+    // Models
+    r.register_model::<longctx_model_transformer::TinyModel>();
+    // KV methods
+    r.register_method::<longctx_method_full::Full>();
+    // Tasks
+    r.register_task::<longctx_task_passkey::Passkey>();
+    r
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use burn::backend::Flex;
+    use longctx_core::RawParams;
+
+    #[test]
+    fn builtins_are_listed_and_unknown_names_list_valid_ones() {
+        let r = builtin::<Flex>();
+        assert!(r.methods().any(|m| m.name == "full"));
+        assert!(r.models().any(|m| m.name == "tiny"));
+        assert!(r.tasks().any(|t| t.name == "passkey"));
+        let err = r
+            .method_params("fulll", &RawParams::new())
+            .unwrap_err()
+            .to_string();
+        assert_eq!(err, "unknown method 'fulll'; valid methods: full");
+        let err = r
+            .task_params(
+                "passkey",
+                &RawParams::from([("lenghts".into(), "1".into())]),
+            )
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("task passkey has no parameter 'lenghts'"),
+            "{err}"
+        );
+    }
+}
