@@ -13,6 +13,8 @@
 //! the tensor or key, and the problem; nothing panics on bad input (this is fuzzed).
 
 pub mod error;
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod gguf;
 pub mod safetensors;
 mod storage;
