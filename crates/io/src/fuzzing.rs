@@ -44,7 +44,11 @@ pub fn gguf(data: &[u8]) -> bool {
         }
     }
     let _ = file.architecture();
-    let names: Vec<String> = file.tensors().iter().map(|t| t.name().to_string()).collect();
+    let names: Vec<String> = file
+        .tensors()
+        .iter()
+        .map(|t| t.name().to_string())
+        .collect();
     for name in &names {
         let Ok(info) = file.tensor_info(name) else {
             continue;

@@ -20,8 +20,8 @@ use std::collections::{BTreeMap, HashMap};
 use std::path::{Component, Path, PathBuf};
 
 use ::safetensors::tensor::{Metadata, SafeTensorError};
-use ::safetensors::SafeTensors;
 pub use ::safetensors::Dtype;
+use ::safetensors::SafeTensors;
 
 use crate::storage::Storage;
 use crate::{Error, Result};

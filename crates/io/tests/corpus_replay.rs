@@ -85,7 +85,11 @@ fn for_each_mutant(seed: &[u8], rng_seed: u64, mut f: impl FnMut(&str, &[u8])) {
     // One bit flip per byte, and all eight bits for the first 256 bytes (the header).
     let mut m = seed.to_vec();
     for i in 0..len {
-        let bits: &[u8] = if i < 256 { &[0, 1, 2, 3, 4, 5, 6, 7] } else { &[(i % 8) as u8] };
+        let bits: &[u8] = if i < 256 {
+            &[0, 1, 2, 3, 4, 5, 6, 7]
+        } else {
+            &[(i % 8) as u8]
+        };
         for &bit in bits {
             m[i] ^= 1 << bit;
             f("bitflip", &m);
@@ -144,7 +148,11 @@ fn replay(kind: &str, target: fn(&[u8]) -> bool) -> (usize, usize) {
         .map(|e| e.unwrap().path())
         .collect();
     files.sort();
-    assert!(files.len() >= 5, "{kind} corpus has only {} files", files.len());
+    assert!(
+        files.len() >= 5,
+        "{kind} corpus has only {} files",
+        files.len()
+    );
     let mut count = 0;
     let mut parsed = 0;
     for (idx, path) in files.iter().enumerate() {
@@ -207,38 +215,42 @@ fn gguf_seeds() -> Vec<(&'static str, Vec<u8>)> {
     seeds.push(("empty.gguf", GgufWriter::new().to_bytes()));
 
     let mut w = GgufWriter::new();
-    w.add_metadata("general.architecture", MetadataValue::String("llama".into()))
-        .add_metadata("llama.block_count", MetadataValue::U32(1))
-        .add_metadata("llama.context_length", MetadataValue::U64(128))
-        .add_metadata("llama.rope.freq_base", MetadataValue::F32(10000.0))
-        .add_metadata("t.u8", MetadataValue::U8(1))
-        .add_metadata("t.i8", MetadataValue::I8(-1))
-        .add_metadata("t.u16", MetadataValue::U16(2))
-        .add_metadata("t.i16", MetadataValue::I16(-2))
-        .add_metadata("t.i32", MetadataValue::I32(-3))
-        .add_metadata("t.i64", MetadataValue::I64(-4))
-        .add_metadata("t.f64", MetadataValue::F64(0.5))
-        .add_metadata("t.bool", MetadataValue::Bool(true))
-        .add_metadata(
-            "tokenizer.ggml.tokens",
-            MetadataValue::Array(MetadataArray::String(vec![
-                "<s>".into(),
-                "a".into(),
-                "bc".into(),
-            ])),
-        )
-        .add_metadata(
-            "tokenizer.ggml.scores",
-            MetadataValue::Array(MetadataArray::F32(vec![0.0, 1.0, 2.0])),
-        )
-        .add_metadata(
-            "t.nested",
-            MetadataValue::Array(MetadataArray::Array(vec![
-                MetadataArray::U8(vec![1, 2]),
-                MetadataArray::Bool(vec![false]),
-            ])),
-        );
-    w.add_f32_tensor("norm", &[4], &[1.0, 2.0, 3.0, 4.0]).unwrap();
+    w.add_metadata(
+        "general.architecture",
+        MetadataValue::String("llama".into()),
+    )
+    .add_metadata("llama.block_count", MetadataValue::U32(1))
+    .add_metadata("llama.context_length", MetadataValue::U64(128))
+    .add_metadata("llama.rope.freq_base", MetadataValue::F32(10000.0))
+    .add_metadata("t.u8", MetadataValue::U8(1))
+    .add_metadata("t.i8", MetadataValue::I8(-1))
+    .add_metadata("t.u16", MetadataValue::U16(2))
+    .add_metadata("t.i16", MetadataValue::I16(-2))
+    .add_metadata("t.i32", MetadataValue::I32(-3))
+    .add_metadata("t.i64", MetadataValue::I64(-4))
+    .add_metadata("t.f64", MetadataValue::F64(0.5))
+    .add_metadata("t.bool", MetadataValue::Bool(true))
+    .add_metadata(
+        "tokenizer.ggml.tokens",
+        MetadataValue::Array(MetadataArray::String(vec![
+            "<s>".into(),
+            "a".into(),
+            "bc".into(),
+        ])),
+    )
+    .add_metadata(
+        "tokenizer.ggml.scores",
+        MetadataValue::Array(MetadataArray::F32(vec![0.0, 1.0, 2.0])),
+    )
+    .add_metadata(
+        "t.nested",
+        MetadataValue::Array(MetadataArray::Array(vec![
+            MetadataArray::U8(vec![1, 2]),
+            MetadataArray::Bool(vec![false]),
+        ])),
+    );
+    w.add_f32_tensor("norm", &[4], &[1.0, 2.0, 3.0, 4.0])
+        .unwrap();
     seeds.push(("metadata_all_types.gguf", w.to_bytes()));
 
     // One file per dequantizable type (one or two blocks), plus the legacy and K-quants
@@ -253,20 +265,31 @@ fn gguf_seeds() -> Vec<(&'static str, Vec<u8>)> {
         let mut w = GgufWriter::new();
         w.add_tensor("w", &dims, ty, block_bytes(&mut rng, ty, n_blocks))
             .unwrap();
-        let name: &'static str = Box::leak(format!("type_{}.gguf", ty.name().to_lowercase()).into_boxed_str());
+        let name: &'static str =
+            Box::leak(format!("type_{}.gguf", ty.name().to_lowercase()).into_boxed_str());
         seeds.push((name, w.to_bytes()));
     }
 
     let mut w = GgufWriter::new();
     w.set_alignment(64).unwrap();
     w.set_version(2);
-    for (i, ty) in [GgmlType::Q4_0, GgmlType::Q8_0, GgmlType::F16, GgmlType::Q2_K]
-        .into_iter()
-        .enumerate()
+    for (i, ty) in [
+        GgmlType::Q4_0,
+        GgmlType::Q8_0,
+        GgmlType::F16,
+        GgmlType::Q2_K,
+    ]
+    .into_iter()
+    .enumerate()
     {
         let bs = ty.block_size().max(4);
-        w.add_tensor(format!("blk.{i}.w"), &[bs, 1], ty, block_bytes(&mut rng, ty, bs / ty.block_size()))
-            .unwrap();
+        w.add_tensor(
+            format!("blk.{i}.w"),
+            &[bs, 1],
+            ty,
+            block_bytes(&mut rng, ty, bs / ty.block_size()),
+        )
+        .unwrap();
     }
     seeds.push(("v2_align64_mixed.gguf", w.to_bytes()));
 
@@ -352,7 +375,11 @@ fn corpus_matches_generator() {
             let path = corpus_dir(kind).join(name);
             let on_disk = std::fs::read(&path)
                 .unwrap_or_else(|e| panic!("{}: {e}; regenerate the corpus", path.display()));
-            assert!(on_disk == bytes, "{} is stale; regenerate the corpus", path.display());
+            assert!(
+                on_disk == bytes,
+                "{} is stale; regenerate the corpus",
+                path.display()
+            );
         }
     }
 }

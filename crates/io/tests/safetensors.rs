@@ -100,7 +100,11 @@ fn serialize(tensors: &[Owned]) -> Vec<u8> {
 
 fn sample_tensors() -> Vec<Owned> {
     vec![
-        f32_t("model.embed.weight", &[2, 3], &[1.0, 2.0, 3.0, 4.0, 5.0, 6.0]),
+        f32_t(
+            "model.embed.weight",
+            &[2, 3],
+            &[1.0, 2.0, 3.0, 4.0, 5.0, 6.0],
+        ),
         f16_t("model.norm.weight", &[4], &[0.5, -1.0, 65504.0, 0.0]),
         bf16_t("lm_head.weight", &[2, 2], &[1.5, -3.0, 256.0, 0.0078125]),
         i32_t("model.position_ids", &[0, 1, 2]),
@@ -137,7 +141,10 @@ fn check_sample(ckpt: &SafetensorsCheckpoint) {
         .tensor_f32("model.position_ids")
         .unwrap_err()
         .to_string();
-    assert_contains(&e, "tensor 'model.position_ids': dtype I32 is not supported");
+    assert_contains(
+        &e,
+        "tensor 'model.position_ids': dtype I32 is not supported",
+    );
     let e = ckpt.tensor_f32("nope").unwrap_err().to_string();
     assert_contains(&e, "no tensor named 'nope'");
     assert!(ckpt.contains("lm_head.weight"));
@@ -147,7 +154,11 @@ fn check_sample(ckpt: &SafetensorsCheckpoint) {
 #[test]
 fn single_file_checkpoint() {
     let dir = TempDir::new("single");
-    std::fs::write(dir.path().join("model.safetensors"), serialize(&sample_tensors())).unwrap();
+    std::fs::write(
+        dir.path().join("model.safetensors"),
+        serialize(&sample_tensors()),
+    )
+    .unwrap();
     std::fs::write(dir.path().join("config.json"), CONFIG).unwrap();
     let ckpt = SafetensorsCheckpoint::open(dir.path()).unwrap();
     check_sample(&ckpt);
@@ -166,7 +177,11 @@ fn single_file_checkpoint() {
 fn write_sharded(dir: &Path) {
     let mut all = sample_tensors();
     let second: Vec<Owned> = all.drain(2..).collect();
-    std::fs::write(dir.join("model-00001-of-00002.safetensors"), serialize(&all)).unwrap();
+    std::fs::write(
+        dir.join("model-00001-of-00002.safetensors"),
+        serialize(&all),
+    )
+    .unwrap();
     std::fs::write(
         dir.join("model-00002-of-00002.safetensors"),
         serialize(&second),
@@ -181,11 +196,7 @@ fn write_sharded(dir: &Path) {
             "model.position_ids": "model-00002-of-00002.safetensors",
         }
     });
-    std::fs::write(
-        dir.join("model.safetensors.index.json"),
-        index.to_string(),
-    )
-    .unwrap();
+    std::fs::write(dir.join("model.safetensors.index.json"), index.to_string()).unwrap();
     std::fs::write(dir.join("config.json"), CONFIG).unwrap();
 }
 
@@ -227,7 +238,10 @@ fn sharded_errors() {
     let e = SafetensorsCheckpoint::open(dir.path())
         .unwrap_err()
         .to_string();
-    assert_contains(&e, "model-00001-of-00002.safetensors: tensor 'model.extra.weight'");
+    assert_contains(
+        &e,
+        "model-00001-of-00002.safetensors: tensor 'model.extra.weight'",
+    );
     assert_contains(&e, "absent from this shard");
 
     // Shard names escaping the directory.
@@ -280,7 +294,11 @@ fn directory_errors() {
         "no model.safetensors or model.safetensors.index.json in the checkpoint directory",
     );
 
-    std::fs::write(dir.path().join("model.safetensors"), serialize(&sample_tensors())).unwrap();
+    std::fs::write(
+        dir.path().join("model.safetensors"),
+        serialize(&sample_tensors()),
+    )
+    .unwrap();
     let ckpt = SafetensorsCheckpoint::open(dir.path()).unwrap();
     let e = ckpt.config_json().unwrap_err().to_string();
     assert_contains(&e, "config.json: cannot read");
@@ -292,7 +310,11 @@ fn directory_errors() {
 #[test]
 fn corrupt_files() {
     let bytes = serialize(&sample_tensors());
-    let err = |b: &[u8]| SafetensorsFile::from_bytes(b.to_vec()).unwrap_err().to_string();
+    let err = |b: &[u8]| {
+        SafetensorsFile::from_bytes(b.to_vec())
+            .unwrap_err()
+            .to_string()
+    };
 
     assert_contains(&err(&bytes[..5]), "too short");
     assert_contains(&err(&bytes[..20]), "header length");

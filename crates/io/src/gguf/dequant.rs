@@ -49,7 +49,7 @@ pub fn dequantize_into(ty: GgmlType, data: &[u8], out: &mut [f32]) -> Result<(),
     }
     let n = out.len() as u64;
     let bs = ty.block_size();
-    if n % bs != 0 {
+    if !n.is_multiple_of(bs) {
         return Err(DequantError::PartialBlock {
             ty,
             n_elements: n,
@@ -99,7 +99,7 @@ pub fn dequantize(ty: GgmlType, data: &[u8], n_elements: usize) -> Result<Vec<f3
     // Check the length before allocating, so a bogus count cannot request a huge buffer.
     let bs = ty.block_size();
     let n = n_elements as u64;
-    if n % bs != 0 {
+    if !n.is_multiple_of(bs) {
         return Err(DequantError::PartialBlock {
             ty,
             n_elements: n,

@@ -80,9 +80,7 @@ impl TensorInfo {
     /// ggml `[n_embd, n_vocab]` embedding is `[n_vocab, n_embd]` here, and the flat data from
     /// [`GgufFile::dequantize_f32`] is laid out row-major in this shape.
     pub fn shape(&self) -> Vec<usize> {
-        // Every dim fits in usize: the data it describes lies inside the mapped file (or the
-        // tensor is empty, and empty tensors with absurd dims are rejected on 32-bit targets
-        // by the conversion check in the parser).
+        // The parser rejects dims and element counts above usize::MAX, so this is lossless.
         self.dims.iter().rev().map(|&d| d as usize).collect()
     }
 
@@ -351,13 +349,16 @@ impl GgufFile {
     /// [`TensorInfo::shape`] order.
     pub fn dequantize_f32(&self, name: &str) -> Result<Vec<f32>> {
         let info = self.tensor_info(name)?;
-        dequantize(info.ggml_type, self.bytes_of(info), info.n_elements as usize).map_err(
-            |source| Error::Dequant {
-                path: self.path.clone(),
-                tensor: name.to_string(),
-                source,
-            },
+        dequantize(
+            info.ggml_type,
+            self.bytes_of(info),
+            info.n_elements as usize,
         )
+        .map_err(|source| Error::Dequant {
+            path: self.path.clone(),
+            tensor: name.to_string(),
+            source,
+        })
     }
 
     /// Like [`Self::dequantize_f32`], writing into `out`, whose length must equal the
@@ -375,12 +376,10 @@ impl GgufFile {
                 ),
             ));
         }
-        dequantize_into(info.ggml_type, self.bytes_of(info), out).map_err(|source| {
-            Error::Dequant {
-                path: self.path.clone(),
-                tensor: name.to_string(),
-                source,
-            }
+        dequantize_into(info.ggml_type, self.bytes_of(info), out).map_err(|source| Error::Dequant {
+            path: self.path.clone(),
+            tensor: name.to_string(),
+            source,
         })
     }
 

@@ -42,7 +42,9 @@ impl<'a> Reader<'a> {
             Ctx::Header => Error::format(self.path, message),
             Ctx::KvEntry(i) => Error::format(self.path, format!("metadata entry #{i}: {message}")),
             Ctx::Key(k) => Error::metadata(self.path, k, message),
-            Ctx::TensorEntry(i) => Error::format(self.path, format!("tensor entry #{i}: {message}")),
+            Ctx::TensorEntry(i) => {
+                Error::format(self.path, format!("tensor entry #{i}: {message}"))
+            }
             Ctx::Tensor(t) => Error::tensor(self.path, t, message),
         }
     }
@@ -332,15 +334,22 @@ pub(super) fn parse(path: &Path, buf: &[u8]) -> Result<Header> {
         raw.push((name, dims, ggml_type, offset));
     }
 
-    let data_offset = align_up(r.pos as u64, alignment).ok_or_else(|| {
-        Error::format(path, "data section offset overflows".to_string())
-    })?;
+    let data_offset = align_up(r.pos as u64, alignment)
+        .ok_or_else(|| Error::format(path, "data section offset overflows".to_string()))?;
 
     let file_len = buf.len() as u64;
     let mut tensors = Vec::with_capacity(raw.len());
     for (name, dims, ggml_type, offset) in raw {
-        let info = tensor_info(name, dims, ggml_type, offset, alignment, data_offset, file_len)
-            .map_err(|(name, message)| Error::tensor(path, name, message))?;
+        let info = tensor_info(
+            name,
+            dims,
+            ggml_type,
+            offset,
+            alignment,
+            data_offset,
+            file_len,
+        )
+        .map_err(|(name, message)| Error::tensor(path, name, message))?;
         tensors.push(info);
     }
 
@@ -382,7 +391,7 @@ fn tensor_info(
     };
     let block = ggml_type.block_size();
     let row = dims.first().copied().unwrap_or(1);
-    if row % block != 0 {
+    if !row.is_multiple_of(block) {
         bail!(
             "first dimension {row} (shape {dims:?}) is not a multiple of the {ggml_type} block size {block}"
         );
@@ -390,7 +399,7 @@ fn tensor_info(
     let Some(n_bytes) = (n_elements / block).checked_mul(ggml_type.type_size()) else {
         bail!("byte size of shape {dims:?} ({ggml_type}) overflows");
     };
-    if offset % alignment != 0 {
+    if !offset.is_multiple_of(alignment) {
         bail!("data offset {offset} is not a multiple of the alignment {alignment}");
     }
     let Some(start) = data_offset.checked_add(offset) else {

@@ -107,7 +107,7 @@ impl GgufWriter {
             .try_fold(1u64, |a, &d| a.checked_mul(d))
             .ok_or_else(|| Error::Writer(format!("tensor '{name}': element count overflows")))?;
         let row = dims_ggml.first().copied().unwrap_or(1);
-        if row % ggml_type.block_size() != 0 {
+        if !row.is_multiple_of(ggml_type.block_size()) {
             return Err(Error::Writer(format!(
                 "tensor '{name}': first dim {row} is not a multiple of the {ggml_type} block size {}",
                 ggml_type.block_size()
