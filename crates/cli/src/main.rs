@@ -105,9 +105,12 @@ enum Command {
         /// Reference backend.
         #[arg(long, default_value = "flex")]
         reference: BackendKind,
-        /// Largest accepted relative error.
+        /// Largest accepted relative error (every backend but CUDA).
         #[arg(long, default_value_t = 1e-4)]
         tolerance: f64,
+        /// Largest accepted relative error on CUDA, whose f32 matmuls run in TF32 on tensor cores.
+        #[arg(long, default_value_t = 2e-3)]
+        cuda_tf32_tolerance: f64,
         /// Directory the record is written to.
         #[arg(long, default_value = "results/backends")]
         out: PathBuf,
@@ -151,8 +154,11 @@ fn main() -> ExitCode {
             backends,
             reference,
             tolerance,
+            cuda_tf32_tolerance,
             out,
-        } => backends_check::check_backends(backends, reference, tolerance, out),
+        } => {
+            backends_check::check_backends(backends, reference, tolerance, cuda_tf32_tolerance, out)
+        }
         Command::BenchCpuBackends {
             prompt_tokens,
             decode_tokens,
