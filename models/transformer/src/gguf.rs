@@ -30,7 +30,7 @@ use crate::model::{LayerWeights, Transformer};
 pub fn unpermute_qk_rows(data: &[f32], rows: usize, cols: usize, n_heads: usize) -> Vec<f32> {
     assert_eq!(data.len(), rows * cols, "data is not rows * cols long");
     assert!(
-        n_heads > 0 && rows % n_heads == 0 && (rows / n_heads) % 2 == 0,
+        n_heads > 0 && rows.is_multiple_of(n_heads) && (rows / n_heads).is_multiple_of(2),
         "rows ({rows}) must be n_heads ({n_heads}) times an even head dimension"
     );
     let d = rows / n_heads;
@@ -86,7 +86,7 @@ pub fn llama_config(file: &GgufFile) -> Result<TransformerConfig> {
     };
     let head_dim = match file.metadata_value("llama.attention.key_length") {
         Some(_) => uint("llama.attention.key_length")?,
-        None if n_heads > 0 && hidden % n_heads == 0 => hidden / n_heads,
+        None if n_heads > 0 && hidden.is_multiple_of(n_heads) => hidden / n_heads,
         None => {
             return Err(Error::file(
                 file.path(),
