@@ -165,3 +165,35 @@ fn unsupported_vocabularies_are_named() {
         .to_string();
     assert!(err.contains("tokenizer.ggml.merges[0]"), "{err}");
 }
+
+#[test]
+fn tokenizer_json_with_config_matches_the_gguf_tokenizer() {
+    let from_gguf = smollm_like();
+    let dir = std::env::temp_dir().join(format!("longctx-tokenize-test-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let json = dir.join("tokenizer.json");
+    std::fs::write(&json, from_gguf.inner().to_string(false).unwrap()).unwrap();
+    // Without a config: the well-known end tokens present in the vocabulary stop.
+    let bare = HfTokenizer::from_json_file(&json).unwrap();
+    assert_eq!(bare.stop_tokens(), vec![0, 2]);
+    assert_eq!(bare.chat_prompt("x"), None);
+    std::fs::write(
+        dir.join("tokenizer_config.json"),
+        r#"{"eos_token": {"content": "<|endoftext|>"}, "chat_template": "{{'<|im_start|>' + m['role'] + '\\n' + m['content'] + '<|im_end|>'}}"}"#,
+    )
+    .unwrap();
+    let t = HfTokenizer::from_json_file(&json).unwrap();
+    std::fs::remove_dir_all(&dir).unwrap();
+    for text in ["the the", "<|im_start|>héllo 2024<|im_end|>", "東京 🚀"] {
+        let ids = t.encode(text, false).unwrap();
+        assert_eq!(ids, from_gguf.encode(text, false).unwrap());
+        assert_eq!(t.decode(&ids).unwrap(), from_gguf.decode(&ids).unwrap());
+    }
+    assert_eq!(t.stop_tokens(), vec![0, 2]);
+    assert_eq!(t.chat_prompt("x"), from_gguf.chat_prompt("x"));
+    assert_eq!(t.sha256().len(), 64);
+    let err = HfTokenizer::from_json_file(dir.join("missing.json"))
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("missing.json"), "{err}");
+}
