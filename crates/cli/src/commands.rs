@@ -82,6 +82,7 @@ pub fn list(json: bool) -> Result<()> {
 struct GenerateJob {
     args: ModelArgs,
     prompt: String,
+    chat: bool,
     config: GenerationConfig,
 }
 
@@ -100,7 +101,13 @@ impl BackendJob for GenerateJob {
         let loaded = registry.load_model(&self.args.model, &model_params, &device)?;
         let method = registry.build_method(&self.args.method, &method_params)?;
         let tokenizer = loaded.tokenizer.clone();
-        let prompt = tokenizer.encode(&self.prompt, true)?;
+        let chat_text = if self.chat {
+            tokenizer.chat_prompt(&self.prompt)
+        } else {
+            None
+        };
+        let text = chat_text.unwrap_or_else(|| self.prompt.clone());
+        let prompt = tokenizer.encode(&text, true)?;
         let mut config = self.config;
         config.stop_tokens = tokenizer.stop_tokens();
         // Decode the whole generation each time and print what is new, so multi-token
@@ -146,6 +153,7 @@ pub fn generate(
     temperature: f64,
     top_p: f64,
     seed: u64,
+    chat: bool,
 ) -> Result<()> {
     let sampling = if temperature > 0.0 {
         Sampling::Sample {
@@ -168,9 +176,24 @@ pub fn generate(
         GenerateJob {
             args,
             prompt,
+            chat,
             config,
         },
     )?
+}
+
+/// `longctx fetch`: puts a pretrained model's weights into the cache.
+pub fn fetch(model: &str, model_params: &[String]) -> Result<()> {
+    let registry: Registry<Flex> = longctx_registry::builtin();
+    let params = registry.model_params(model, &parse_assignments(model_params)?)?;
+    match model {
+        "smollm2-135m" => {
+            let path = longctx_model_transformer::SmolLm2::resolve(&params)?;
+            println!("{}", path.display());
+            Ok(())
+        }
+        other => anyhow::bail!("model '{other}' has no weights to fetch"),
+    }
 }
 
 struct RunJob {

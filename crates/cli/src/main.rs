@@ -75,6 +75,18 @@ enum Command {
         /// Seed of the sampler.
         #[arg(long, default_value_t = 0)]
         seed: u64,
+        /// Wrap the prompt in the model's chat template (e.g. ChatML for SmolLM2) as one user
+        /// turn; `--chat false` feeds the raw text. Models without a template ignore it.
+        #[arg(long, default_value_t = true, action = clap::ArgAction::Set, value_name = "BOOL")]
+        chat: bool,
+    },
+    /// Download a pretrained model's weights into the cache (e.g. `longctx fetch smollm2-135m`).
+    Fetch {
+        /// Registered model name (see `longctx list`).
+        model: String,
+        /// Model parameter as name=value (repeatable), e.g. --model-param cache_dir=/data.
+        #[arg(long = "model-param", value_name = "NAME=VALUE")]
+        model_params: Vec<String>,
     },
     /// Run one model x method x task cell and write its JSON record.
     Run {
@@ -141,7 +153,20 @@ fn main() -> ExitCode {
             temperature,
             top_p,
             seed,
-        } => commands::generate(model, prompt, max_new_tokens, temperature, top_p, seed),
+            chat,
+        } => commands::generate(
+            model,
+            prompt,
+            max_new_tokens,
+            temperature,
+            top_p,
+            seed,
+            chat,
+        ),
+        Command::Fetch {
+            model,
+            model_params,
+        } => commands::fetch(&model, &model_params),
         Command::Run {
             model,
             task,

@@ -12,6 +12,12 @@ pub trait TextTokenizer: Send + Sync {
     fn vocab_size(&self) -> usize;
     /// Tokens that end generation.
     fn stop_tokens(&self) -> Vec<u32>;
+    /// Wraps one user message in the model's chat template, ending where the assistant's
+    /// reply begins; `None` for models without one (base models, the byte tokenizer). The
+    /// result is meant for [`encode`](Self::encode), which keeps special tokens in it whole.
+    fn chat_prompt(&self, _user_message: &str) -> Option<String> {
+        None
+    }
 }
 
 /// A byte-level tokenizer: id 0 = `<pad>`, 1 = `<bos>`, 2 = `<eos>`, byte `b` = `b + 3`.

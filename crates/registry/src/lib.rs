@@ -11,6 +11,7 @@ pub fn builtin<B: Backend>() -> Registry<B> {
     let mut r = Registry::new();
     // Models
     r.register_model::<longctx_model_transformer::TinyModel>();
+    r.register_model::<longctx_model_transformer::SmolLm2>();
     // KV methods
     r.register_method::<longctx_method_full::Full>();
     // Tasks
@@ -29,6 +30,7 @@ mod tests {
         let r = builtin::<Flex>();
         assert!(r.methods().any(|m| m.name == "full"));
         assert!(r.models().any(|m| m.name == "tiny"));
+        assert!(r.models().any(|m| m.name == "smollm2-135m"));
         assert!(r.tasks().any(|t| t.name == "passkey"));
         let err = r
             .method_params("fulll", &RawParams::new())
