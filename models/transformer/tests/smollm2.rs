@@ -14,6 +14,12 @@ use longctx_model_transformer::SmolLm2;
 fn cached() -> Option<LoadedModel<Flex>> {
     let path = SmolLm2::cached_path(&default_cache_dir());
     if !path.is_file() {
+        // CI fetches the model first and sets this, so a missing model fails there.
+        assert!(
+            std::env::var("LONGCTX_REQUIRE_MODELS").is_err(),
+            "LONGCTX_REQUIRE_MODELS is set but {} is missing",
+            path.display()
+        );
         eprintln!(
             "skipping: {} not found (run `longctx fetch smollm2-135m`)",
             path.display()
