@@ -47,33 +47,31 @@ pub fn list(json: bool) -> Result<()> {
         println!("{}", serde_json::to_string_pretty(&out)?);
         return Ok(());
     }
-    let mut s = String::from("Models:\n");
-    for e in r.models() {
-        s += &format!(
-            "  {}: {}\n{}",
-            e.name,
-            e.description,
-            param_lines(&e.params)
-        );
-    }
-    s += "KV methods:\n";
-    for e in r.methods() {
-        s += &format!(
-            "  {}: {}\n{}",
-            e.name,
-            e.description,
-            param_lines(&e.params)
-        );
-    }
-    s += "Tasks:\n";
-    for e in r.tasks() {
-        s += &format!(
-            "  {}: {}\n{}",
-            e.name,
-            e.description,
-            param_lines(&e.params)
-        );
-    }
+    let section = |title: &str, entries: Vec<(&str, &str, &[longctx_core::ParamSpec])>| {
+        let mut s = format!("{title}:\n");
+        for (name, description, params) in entries {
+            s += &format!("  {name}: {description}\n{}", param_lines(params));
+        }
+        s
+    };
+    let mut s = section(
+        "Models",
+        r.models()
+            .map(|e| (e.name, e.description, &e.params[..]))
+            .collect(),
+    );
+    s += &section(
+        "KV methods",
+        r.methods()
+            .map(|e| (e.name, e.description, &e.params[..]))
+            .collect(),
+    );
+    s += &section(
+        "Tasks",
+        r.tasks()
+            .map(|e| (e.name, e.description, &e.params[..]))
+            .collect(),
+    );
     s += "Backends: cpu (= flex), flex, ndarray, wgpu, cuda\n";
     print!("{s}");
     Ok(())
