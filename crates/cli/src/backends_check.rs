@@ -260,6 +260,18 @@ pub fn check_backends(
     Ok(())
 }
 
+/// Arg-max of `[1, vocab]` logits, folded into the byte tokenizer's range (the benchmark model
+/// has SmolLM2's vocabulary size but is fed byte-tokenizer ids).
+fn greedy_byte_token<B: Backend>(logits: Tensor<B, 2>) -> u32 {
+    logits
+        .argmax(1)
+        .into_data()
+        .iter::<i64>()
+        .next()
+        .unwrap_or(3) as u32
+        % 259
+}
+
 struct BenchJob {
     prompt_tokens: usize,
     decode_tokens: usize,
@@ -308,13 +320,7 @@ impl BackendJob for BenchJob {
         let mut state = new_state(&model, ids.len())?;
         let t = Instant::now();
         let logits = model.forward(&ids, &positions, &mut state, LogitsSelection::Last)?;
-        let mut next = logits
-            .argmax(1)
-            .into_data()
-            .iter::<i64>()
-            .next()
-            .unwrap_or(3) as u32
-            % 259;
+        let mut next = greedy_byte_token(logits);
         let prefill = t.elapsed().as_secs_f64();
         let t = Instant::now();
         for step in 0..self.decode_tokens {
@@ -324,13 +330,7 @@ impl BackendJob for BenchJob {
                 &mut state,
                 LogitsSelection::Last,
             )?;
-            next = logits
-                .argmax(1)
-                .into_data()
-                .iter::<i64>()
-                .next()
-                .unwrap_or(3) as u32
-                % 259;
+            next = greedy_byte_token(logits);
         }
         let decode = t.elapsed().as_secs_f64();
         Ok(CpuBench {
