@@ -4,9 +4,11 @@
 //!
 //! - a `tokenizer.json` file ([`HfTokenizer::from_json_file`]), with the special tokens and
 //!   chat template of a sibling `tokenizer_config.json` when there is one, or
-//! - the vocabulary stored in a GGUF file's metadata ([`HfTokenizer::from_gguf`]) for
-//!   `tokenizer.ggml.model == "gpt2"`: byte-level BPE with the pre-tokenizer named by
-//!   `tokenizer.ggml.pre` (SmolLM2, StarCoder, GPT-2, Llama 3, Qwen2 families).
+//! - the vocabulary stored in a GGUF file's metadata ([`HfTokenizer::from_gguf`]):
+//!   `tokenizer.ggml.model == "gpt2"`, byte-level BPE with the pre-tokenizer named by
+//!   `tokenizer.ggml.pre` (SmolLM2, StarCoder, GPT-2, Llama 3, Qwen2 families), or `"llama"`,
+//!   SentencePiece BPE with merges recovered from the piece scores and byte fallback (Gemma,
+//!   Llama 2, Mistral).
 //!
 //! Both decode without special tokens, stop on end-of-sequence and end-of-turn tokens, expose
 //! the model's [`ChatTemplate`] through [`TextTokenizer::chat_prompt`], and carry a SHA-256 of
@@ -14,6 +16,7 @@
 
 mod chat;
 mod gguf;
+mod spm;
 
 use std::path::Path;
 
@@ -125,9 +128,10 @@ impl HfTokenizer {
         })
     }
 
-    /// Builds the tokenizer stored in a GGUF file's metadata (`tokenizer.ggml.*`). Only
-    /// byte-level BPE vocabularies (`tokenizer.ggml.model == "gpt2"`) are supported; the
-    /// error names the file and the key otherwise.
+    /// Builds the tokenizer stored in a GGUF file's metadata (`tokenizer.ggml.*`): byte-level
+    /// BPE (`tokenizer.ggml.model == "gpt2"`) or SentencePiece BPE (`"llama"`); the error names
+    /// the file and the key otherwise. The chat template comes from `tokenizer.chat_template`,
+    /// or for Gemma architectures without one, Gemma's turn format.
     pub fn from_gguf(file: &longctx_io::gguf::GgufFile) -> Result<Self> {
         gguf::build(file)
     }
