@@ -13,7 +13,8 @@ every string before anything is written:
 2. transformers' own GGUF tokenizer converter (`gemma_tokenizer` + `add_gguf_special_tokens`),
    called directly so that torch is not needed.
 
-BOS is prepended (`tokenizer.ggml.add_bos_token` is true). Output: JSON with the GGUF's SHA-256,
+The cases are the hand-picked CASES plus 16 seeded random mixes of vocabulary words, scripts,
+whitespace and special tokens. BOS is prepended (`tokenizer.ggml.add_bos_token` is true). Output: JSON with the GGUF's SHA-256,
 and for each case the text and its ids.
 
 Usage: python3 gemma3_reference_ids.py MODEL.gguf OUT.json
@@ -45,6 +46,22 @@ CASES = [
     "byte fallback: \U00020000 \U00013000 \ua66e\ua66e end",
     "",
 ]
+
+
+def fuzz_cases(tokens, n=16, seed=0):
+    """Random mixes of vocabulary words, scripts, spacing and special tokens (seeded)."""
+    import random
+
+    rng = random.Random(seed)
+    pieces = list("abcXYZ      \n\n\t0123456789.,;:!?()[]{}<>-_'\"/\\")
+    pieces += list("éàüößçñ東京大阪タワーПриветअनुच्छेद🚀🤖✨\U00020000\ua66e")
+    pieces += ["<b>", "</td>", "<start_of_turn>", "<end_of_turn>", "  ", "   "]
+    words = [w.replace("\u2581", " ") for w in tokens[494:60000:37] if "<" not in w]
+    out = []
+    for _ in range(n):
+        k = rng.randint(5, 40)
+        out.append("".join(rng.choice(pieces if rng.random() < 0.5 else words) for _ in range(k)))
+    return out
 
 
 def sha256_file(path):
@@ -113,7 +130,7 @@ def main(path, out):
         return [bos] + hf.encode(text, add_special_tokens=False).ids
 
     cases = []
-    for text in CASES:
+    for text in CASES + fuzz_cases(tokens):
         a, b = sp_encode(text), hf_encode(text)
         if a != b:
             sys.exit(f"encoders disagree on {text!r}:\n sentencepiece {a}\n transformers  {b}")
