@@ -57,7 +57,7 @@ fn host<B: Backend>(t: Tensor<B, 2>) -> Vec<f32> {
         .expect("f32 data")
 }
 
-fn now() -> String {
+pub(crate) fn now() -> String {
     humantime::format_rfc3339_seconds(SystemTime::now()).to_string()
 }
 
@@ -162,7 +162,7 @@ struct ParityRecord {
     burn: String,
 }
 
-fn write_json(dir: &Path, name: &str, value: &impl Serialize) -> Result<PathBuf> {
+pub(crate) fn write_json(dir: &Path, name: &str, value: &impl Serialize) -> Result<PathBuf> {
     std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
     let path = dir.join(name);
     let tmp = path.with_extension("json.tmp");

@@ -1,6 +1,7 @@
 //! `longctx`: measure what long-context methods give and what they cost.
 
 mod backends_check;
+mod bench_perf;
 mod commands;
 
 use std::path::PathBuf;
@@ -140,6 +141,43 @@ enum Command {
         #[arg(long, default_value = "results/backends")]
         out: PathBuf,
     },
+    /// Measure prefill and decode speed and peak memory of a model (full KV cache) at several
+    /// prompt lengths, beside peers (llama.cpp, transformers + PyTorch) run in the same
+    /// invocation on the same GGUF and prompt ids. Writes a JSON record.
+    BenchPerf {
+        /// Registered model name; its weights must be a GGUF file for the peers to run.
+        #[arg(long, default_value = "smollm2-135m")]
+        model: String,
+        /// Model parameter as name=value (repeatable).
+        #[arg(long = "model-param", value_name = "NAME=VALUE")]
+        model_params: Vec<String>,
+        /// Backend: cpu, flex, ndarray, wgpu or cuda.
+        #[arg(long, default_value = "cpu")]
+        backend: BackendKind,
+        /// Prompt lengths in tokens, comma-separated.
+        #[arg(long, value_delimiter = ',', default_value = "512,2048,8000")]
+        lengths: Vec<usize>,
+        /// Tokens decoded after each prompt.
+        #[arg(long, default_value_t = 64)]
+        decode_tokens: usize,
+        /// Timed runs per length after one warm-up; the best is kept.
+        #[arg(long, default_value_t = 2)]
+        repeats: usize,
+        /// CPU threads for longctx and the peers (default: all cores).
+        #[arg(long)]
+        threads: Option<usize>,
+        /// Peers, comma-separated (llama.cpp, transformers, transformers-eager,
+        /// transformers-static); default: llama.cpp,transformers on CPU backends,
+        /// transformers,transformers-static on cuda. `--peers none` runs none.
+        #[arg(long, value_delimiter = ',')]
+        peers: Option<Vec<String>>,
+        /// Folder of the peer scripts.
+        #[arg(long, default_value = "crates/bench/peers")]
+        peers_dir: PathBuf,
+        /// Directory the record is written to.
+        #[arg(long, default_value = "results/perf")]
+        out: PathBuf,
+    },
 }
 
 fn main() -> ExitCode {
@@ -189,6 +227,29 @@ fn main() -> ExitCode {
             decode_tokens,
             out,
         } => backends_check::bench_cpu_backends(prompt_tokens, decode_tokens, out),
+        Command::BenchPerf {
+            model,
+            model_params,
+            backend,
+            lengths,
+            decode_tokens,
+            repeats,
+            threads,
+            peers,
+            peers_dir,
+            out,
+        } => bench_perf::bench_perf(bench_perf::BenchPerfArgs {
+            model,
+            model_params,
+            backend,
+            lengths,
+            decode_tokens,
+            repeats,
+            threads,
+            peers: peers.map(|p| p.into_iter().filter(|n| n != "none").collect()),
+            peers_dir,
+            out,
+        }),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -30,6 +30,11 @@ pub struct Sample {
     pub chat_template: bool,
     /// Values to group scores by (e.g. `length`, `depth`), and anything else worth recording.
     pub metadata: BTreeMap<String, serde_json::Value>,
+    /// For likelihood tasks (perplexity): text whose log-likelihood after the prompt is measured
+    /// under teacher forcing instead of generating. Scores are then `nll` (nats per token),
+    /// `perplexity` and `token_accuracy` (greedy choice equals the text).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub continuation: Option<String>,
 }
 
 impl Sample {

@@ -115,6 +115,109 @@ pub fn generate<B: Backend>(
     config: &GenerationConfig,
     on_token: &mut dyn FnMut(u32),
 ) -> Result<GenerationResult> {
+    run_sequence(model, method, budget, prompt, config, None, on_token).map(|(r, _)| r)
+}
+
+/// A continuation scored under teacher forcing.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct ContinuationScore {
+    /// Natural log-probability of each continuation token given everything before it.
+    pub token_logprobs: Vec<f64>,
+    /// How many continuation tokens were the model's greedy choice.
+    pub argmax_hits: usize,
+    /// Timings and KV memory, as for generation (`tokens` is the continuation).
+    pub generation: GenerationResult,
+}
+
+impl ContinuationScore {
+    /// Mean negative log-likelihood per token (nats).
+    pub fn mean_nll(&self) -> f64 {
+        -self.token_logprobs.iter().sum::<f64>() / self.token_logprobs.len().max(1) as f64
+    }
+
+    /// `exp(mean_nll)`.
+    pub fn perplexity(&self) -> f64 {
+        self.mean_nll().exp()
+    }
+}
+
+/// Scores `continuation` after `context` exactly as [`generate`] would process it: the context is
+/// prefilled (in chunks, with the method's compression schedule), then the continuation is fed
+/// one token at a time as decode steps (with decode-time compression), and the log-probability
+/// of each continuation token is read from the logits before it. A KV method's effect on the
+/// language model itself is measured this way, without generation.
+pub fn score_continuation<B: Backend>(
+    model: &dyn CausalLm<B>,
+    method: &dyn KvMethod<B>,
+    budget: Budget,
+    context: &[u32],
+    continuation: &[u32],
+    max_prefill_chunk: Option<usize>,
+) -> Result<ContinuationScore> {
+    if continuation.is_empty() {
+        return Err(Error::InvalidInput(
+            "the continuation to score is empty".into(),
+        ));
+    }
+    let config = GenerationConfig {
+        max_new_tokens: continuation.len(),
+        sampling: Sampling::Greedy,
+        stop_tokens: Vec::new(),
+        max_prefill_chunk,
+    };
+    let (generation, forced) = run_sequence(
+        model,
+        method,
+        budget,
+        context,
+        &config,
+        Some(continuation),
+        &mut |_| {},
+    )?;
+    let (token_logprobs, hits): (Vec<f64>, Vec<bool>) = forced.into_iter().unzip();
+    Ok(ContinuationScore {
+        argmax_hits: hits.into_iter().filter(|&h| h).count(),
+        token_logprobs,
+        generation,
+    })
+}
+
+/// Log-probability of `target` under logits `[1, vocab]`, and whether it is the argmax.
+fn forced_logprob<B: Backend>(logits: Tensor<B, 2>, target: u32) -> Result<(f64, bool)> {
+    let data = logits.into_data().convert::<f32>();
+    let row = data
+        .as_slice::<f32>()
+        .map_err(|e| Error::Other(format!("reading logits: {e:?}")))?;
+    let target = target as usize;
+    if target >= row.len() {
+        return Err(Error::InvalidInput(format!(
+            "token id {target} is outside the vocabulary of {}",
+            row.len()
+        )));
+    }
+    let max = row.iter().copied().fold(f32::NEG_INFINITY, f32::max) as f64;
+    let log_sum = row
+        .iter()
+        .map(|&x| (x as f64 - max).exp())
+        .sum::<f64>()
+        .ln()
+        + max;
+    let is_argmax = row.iter().all(|&x| x <= row[target]);
+    Ok((row[target] as f64 - log_sum, is_argmax))
+}
+
+/// The prefill + decode loop behind [`generate`] and [`score_continuation`]. With `forced`, the
+/// decoded tokens are `forced` (teacher forcing) and each one's log-probability is returned.
+#[allow(clippy::type_complexity)]
+fn run_sequence<B: Backend>(
+    model: &dyn CausalLm<B>,
+    method: &dyn KvMethod<B>,
+    budget: Budget,
+    prompt: &[u32],
+    config: &GenerationConfig,
+    forced: Option<&[u32]>,
+    on_token: &mut dyn FnMut(u32),
+) -> Result<(GenerationResult, Vec<(f64, bool)>)> {
     let info = model.info();
     if prompt.is_empty() {
         return Err(Error::InvalidInput("the prompt is empty".into()));
@@ -179,7 +282,17 @@ pub fn generate<B: Backend>(
     if caps.schedule.after_prefill {
         compress(&mut state, CompressionPhase::PrefillEnd)?;
     }
-    let mut next = pick(logits.expect("prompt is not empty"), &mut sampler)?;
+    let mut forced_scores = Vec::new();
+    // Chooses the next token: the forced one (scoring it) or the sampler's.
+    let mut choose = |logits: Tensor<B, 2>, step: usize, sampler: &mut Option<Sampler>| match forced
+    {
+        Some(f) => {
+            forced_scores.push(forced_logprob(logits, f[step])?);
+            Ok(f[step])
+        }
+        None => pick(logits, sampler),
+    };
+    let mut next = choose(logits.expect("prompt is not empty"), 0, &mut sampler)?;
     let prefill_seconds = start.elapsed().as_secs_f64();
     let state_bytes_after_prefill = state.memory_bytes_per_layer();
     let tokens_held_after_prefill = state.tokens_per_layer();
@@ -190,7 +303,7 @@ pub fn generate<B: Backend>(
     let mut decode_steps = 0;
     let mut stop_reason = StopReason::MaxNewTokens;
     while tokens.len() < config.max_new_tokens {
-        if config.stop_tokens.contains(&next) {
+        if forced.is_none() && config.stop_tokens.contains(&next) {
             stop_reason = StopReason::StopToken;
             break;
         }
@@ -207,11 +320,11 @@ pub fn generate<B: Backend>(
                 compress(&mut state, CompressionPhase::Decode)?;
             }
         }
-        next = pick(logits, &mut sampler)?;
+        next = choose(logits, tokens.len(), &mut sampler)?;
     }
     let decode_seconds = start.elapsed().as_secs_f64();
 
-    Ok(GenerationResult {
+    let result = GenerationResult {
         prompt_tokens: prompt.len(),
         tokens,
         stop_reason,
@@ -223,5 +336,6 @@ pub fn generate<B: Backend>(
         state_bytes_end: state.memory_bytes_per_layer(),
         tokens_held_after_prefill,
         tokens_held_end: state.tokens_per_layer(),
-    })
+    };
+    Ok((result, forced_scores))
 }

@@ -9,5 +9,7 @@
 mod generate;
 mod sampling;
 
-pub use generate::{generate, GenerationConfig, GenerationResult, StopReason};
+pub use generate::{
+    generate, score_continuation, ContinuationScore, GenerationConfig, GenerationResult, StopReason,
+};
 pub use sampling::Sampling;

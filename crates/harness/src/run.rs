@@ -1,3 +1,4 @@
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::time::{Instant, SystemTime};
 
@@ -7,7 +8,7 @@ use sha2::{Digest, Sha256};
 
 use longctx_backend::{BackendInfo, BackendKind};
 use longctx_core::{Budget, LayerSpec, Params, RawParams, Registry, Result, Sample};
-use longctx_engine::{generate, GenerationConfig, Sampling};
+use longctx_engine::{generate, score_continuation, GenerationConfig, Sampling};
 
 use crate::provenance::Provenance;
 use crate::record::{Aggregate, MemorySummary, RunRecord, SampleRecord, TimingSummary};
@@ -133,6 +134,9 @@ pub fn run_cell<B: Backend>(
         for r in &s.references {
             dataset.update(r.as_bytes());
         }
+        if let Some(c) = &s.continuation {
+            dataset.update(c.as_bytes());
+        }
     }
     let dataset_sha256 = dataset
         .finalize()
@@ -144,22 +148,48 @@ pub fn run_cell<B: Backend>(
     for (i, sample) in samples.iter().enumerate() {
         let prompt_text = sample.prompt();
         let prompt = tokenizer.encode(&prompt_text, true)?;
-        let gen_config = GenerationConfig {
-            max_new_tokens: sample.max_new_tokens,
-            sampling: config.sampling,
-            stop_tokens: tokenizer.stop_tokens(),
-            max_prefill_chunk: config.max_prefill_chunk,
+        let (out, prediction, scores) = match &sample.continuation {
+            // Likelihood sample: score the given text under teacher forcing.
+            Some(text) => {
+                let target = tokenizer.encode(text, false)?;
+                let scored = score_continuation(
+                    loaded.model.as_ref(),
+                    method.as_ref(),
+                    config.budget,
+                    &prompt,
+                    &target,
+                    config.max_prefill_chunk,
+                )?;
+                let scores = BTreeMap::from([
+                    ("nll".to_string(), scored.mean_nll()),
+                    ("perplexity".to_string(), scored.perplexity()),
+                    (
+                        "token_accuracy".to_string(),
+                        scored.argmax_hits as f64 / target.len().max(1) as f64,
+                    ),
+                ]);
+                (scored.generation, String::new(), scores)
+            }
+            None => {
+                let gen_config = GenerationConfig {
+                    max_new_tokens: sample.max_new_tokens,
+                    sampling: config.sampling,
+                    stop_tokens: tokenizer.stop_tokens(),
+                    max_prefill_chunk: config.max_prefill_chunk,
+                };
+                let out = generate(
+                    loaded.model.as_ref(),
+                    method.as_ref(),
+                    config.budget,
+                    &prompt,
+                    &gen_config,
+                    &mut |_| {},
+                )?;
+                let prediction = tokenizer.decode(&out.tokens)?;
+                let scores = task.score(sample, &prediction);
+                (out, prediction, scores)
+            }
         };
-        let out = generate(
-            loaded.model.as_ref(),
-            method.as_ref(),
-            config.budget,
-            &prompt,
-            &gen_config,
-            &mut |_| {},
-        )?;
-        let prediction = tokenizer.decode(&out.tokens)?;
-        let scores = task.score(sample, &prediction);
         progress(&format!(
             "[{}/{}] {} prompt {} tok, prefill {:.0} tok/s, decode {:.1} tok/s, {}",
             i + 1,

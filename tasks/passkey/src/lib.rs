@@ -152,6 +152,7 @@ impl Task for PasskeyTask {
                         max_new_tokens: self.max_new_tokens,
                         chat_template: false,
                         metadata,
+                        continuation: None,
                     });
                 }
             }
