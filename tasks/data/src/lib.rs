@@ -15,7 +15,10 @@ use longctx_core::Result;
 /// The largest `n` in `[0, upper]` with `fits(n)`, assuming `fits` is monotone (true up to
 /// some `n`, false after); `None` if not even `fits(0)`. Costs O(log upper) calls, each of
 /// which typically tokenizes a whole prompt.
-pub fn largest_fitting(upper: usize, fits: &mut dyn FnMut(usize) -> Result<bool>) -> Result<Option<usize>> {
+pub fn largest_fitting(
+    upper: usize,
+    fits: &mut dyn FnMut(usize) -> Result<bool>,
+) -> Result<Option<usize>> {
     if !fits(0)? {
         return Ok(None);
     }

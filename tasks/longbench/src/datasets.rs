@@ -101,7 +101,11 @@ mod tests {
             let inputs = d.prompt.matches("{input}").count();
             assert!(inputs <= 1, "{}", d.name);
             if inputs == 1 {
-                assert!(d.prompt.find("{context}") < d.prompt.find("{input}"), "{}", d.name);
+                assert!(
+                    d.prompt.find("{context}") < d.prompt.find("{input}"),
+                    "{}",
+                    d.name
+                );
             }
         }
         // The paper's 6 categories; 15 of the 16 are averaged (passage_count is not).

@@ -61,11 +61,17 @@ pub fn read_records(dir: &Path, ds: &Dataset) -> Result<Vec<Record>> {
         if rec.answers.is_empty() {
             return Err(at("`answers` is empty".into()));
         }
-        if ds.metric == Metric::Classification && rec.all_classes.as_ref().is_none_or(|c| c.is_empty()) {
+        if ds.metric == Metric::Classification
+            && rec.all_classes.as_ref().is_none_or(|c| c.is_empty())
+        {
             return Err(at(format!("{} needs `all_classes`", ds.name)));
         }
         if ds.metric == Metric::Retrieval {
-            if let Some(a) = rec.answers.iter().find(|a| m::retrieval_target(a).is_none()) {
+            if let Some(a) = rec
+                .answers
+                .iter()
+                .find(|a| m::retrieval_target(a).is_none())
+            {
                 return Err(at(format!("answer {a:?} names no `Paragraph <n>`")));
             }
         }
@@ -239,7 +245,11 @@ pub fn score_prediction(
     all_classes: &[String],
 ) -> f64 {
     let prediction = if ds.first_line_only {
-        prediction.trim_start_matches('\n').split('\n').next().unwrap_or("")
+        prediction
+            .trim_start_matches('\n')
+            .split('\n')
+            .next()
+            .unwrap_or("")
     } else {
         prediction
     };
@@ -294,7 +304,11 @@ impl Task for LongBenchTask {
         let mut out = Vec::new();
         for ds in &self.datasets {
             let records = read_records(&self.data_dir, ds)?;
-            let take = if self.limit == 0 { records.len() } else { self.limit };
+            let take = if self.limit == 0 {
+                records.len()
+            } else {
+                self.limit
+            };
             for rec in records.iter().take(take) {
                 out.push(self.sample(ds, rec, tokenizer)?);
             }

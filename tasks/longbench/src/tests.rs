@@ -77,34 +77,61 @@ fn prompts_follow_dataset2prompt_and_pred_py() {
          can, using a single phrase if possible. Do not provide any explanation.\n\nQuestion: \
          Who finds the lamp?\n\nAnswer:"
     );
-    assert_eq!(n1.context, "Aladdin walks into the cave. In the cave Aladdin finds the old lamp.");
+    assert_eq!(
+        n1.context,
+        "Aladdin walks into the cave. In the cave Aladdin finds the old lamp."
+    );
     assert!(n1.chat_template);
     assert_eq!(n1.max_new_tokens, 128);
     let trec = samples.iter().find(|s| s.id == "trec-t1").unwrap();
     assert!(!trec.chat_template);
     assert_eq!(trec.max_new_tokens, 64);
-    assert_eq!(trec.question, "\nQuestion: What does NASA stand for?\nType:");
-    assert!(samples.iter().filter(|s| s.id.starts_with("lcc")).all(|s| !s.chat_template));
+    assert_eq!(
+        trec.question,
+        "\nQuestion: What does NASA stand for?\nType:"
+    );
+    assert!(samples
+        .iter()
+        .filter(|s| s.id.starts_with("lcc"))
+        .all(|s| !s.chat_template));
     assert_eq!(t.group_by(), vec!["dataset", "category", "length_bucket"]);
 }
 
 #[test]
 fn long_prompts_keep_their_first_and_last_halves() {
-    let t = task(&[("datasets", "gov_report"), ("max_length", "300")]).unwrap();
+    let t = task(&[("datasets", "gov_report"), ("max_length", "200")]).unwrap();
     let samples = t.samples(&ByteTokenizer).unwrap();
     for s in &samples {
         let full = ByteTokenizer.encode(&s.prompt(), true).unwrap();
-        assert!(full.len() <= 300 + 1, "{} tokens", full.len());
+        assert!(full.len() <= 200, "{} tokens", full.len());
         assert_eq!(s.metadata["truncated"], true);
     }
     let s = &samples[0];
-    // 150 tokens from each end: BOS + 149 bytes of the start, the last 150 bytes.
+    // 100 tokens from each end: BOS + 99 bytes of the start, the last 100 bytes.
     let rec = &read_records(&fixtures().join("data"), dataset("gov_report").unwrap()).unwrap()[0];
-    let (before, after) = dataset("gov_report").unwrap().prompt.split_once("{context}").unwrap();
+    let (before, after) = dataset("gov_report")
+        .unwrap()
+        .prompt
+        .split_once("{context}")
+        .unwrap();
     let original = format!("{before}{}{after}", rec.context);
-    assert_eq!(s.prompt(), format!("{}{}", &original[..149], &original[original.len() - 150..]));
-    // The cut fell in the instruction, so the kept text is all context.
+    assert_eq!(
+        s.prompt(),
+        format!("{}{}", &original[..99], &original[original.len() - 100..])
+    );
+    // The cut fell inside the context: the parts stay apart.
+    assert_eq!(
+        (s.instruction.as_str(), s.question.as_str()),
+        (before, after)
+    );
+    // A cut inside the instruction and the question makes the kept text all context.
+    let tiny = task(&[("datasets", "gov_report"), ("max_length", "100")]).unwrap();
+    let s = &tiny.samples(&ByteTokenizer).unwrap()[0];
     assert!(s.instruction.is_empty() && s.question.is_empty());
+    assert_eq!(
+        s.context,
+        format!("{}{}", &original[..49], &original[original.len() - 50..])
+    );
     assert_eq!(samples[1].metadata["length_bucket"], "8k+");
     // A cap the prompt fits under leaves it whole.
     let whole = task(&[("datasets", "gov_report"), ("max_length", "100000")]).unwrap();
@@ -121,12 +148,20 @@ fn cut_inside_the_context_keeps_the_parts_apart() {
         "length": 2000, "all_classes": null, "language": "en", "dataset": "qmsum", "_id": "1"});
     std::fs::write(dir.join("qmsum.jsonl"), format!("{rec}\n")).unwrap();
     let dir_s = dir.to_string_lossy().into_owned();
-    let t = task(&[("data_dir", &dir_s), ("datasets", "qmsum"), ("max_length", "1000")]).unwrap();
+    let t = task(&[
+        ("data_dir", &dir_s),
+        ("datasets", "qmsum"),
+        ("max_length", "1000"),
+    ])
+    .unwrap();
     let s = &t.samples(&ByteTokenizer).unwrap()[0];
-    assert!(s.instruction.starts_with("You are given a meeting transcript"));
+    assert!(s
+        .instruction
+        .starts_with("You are given a meeting transcript"));
     assert!(s.question.ends_with("Query: Q?\nAnswer:"));
     assert!(s.context.chars().all(|c| c == 'x'));
-    assert_eq!(ByteTokenizer.encode(&s.prompt(), true).unwrap().len(), 1000 + 1);
+    // BOS + 499 bytes + 500 bytes.
+    assert_eq!(ByteTokenizer.encode(&s.prompt(), true).unwrap().len(), 1000);
     std::fs::remove_dir_all(&dir).unwrap();
 }
 
@@ -134,7 +169,9 @@ fn cut_inside_the_context_keeps_the_parts_apart() {
 fn bad_input_is_a_clear_error() {
     let err = task(&[("data_dir", "")]).unwrap_err().to_string();
     assert!(err.contains("data_dir"), "{err}");
-    let err = task(&[("datasets", "narrativeqa,lsht")]).unwrap_err().to_string();
+    let err = task(&[("datasets", "narrativeqa,lsht")])
+        .unwrap_err()
+        .to_string();
     assert!(err.contains("unknown LongBench dataset 'lsht'"), "{err}");
     let err = task(&[("data_dir", "/nonexistent/lb"), ("datasets", "qasper")])
         .unwrap()
@@ -149,10 +186,17 @@ fn bad_input_is_a_clear_error() {
     let dir_s = dir.to_string_lossy().into_owned();
     let cases = [
         ("trec", format!("{first}\n{{\"input\": 1}}\n"), "line 2"),
-        ("trec", first.replace("\"all_classes\": [", "\"all_classes\": null, \"x\": ["), "line 1"),
+        (
+            "trec",
+            first.replace("\"all_classes\": [", "\"all_classes\": null, \"x\": ["),
+            "line 1",
+        ),
         (
             "passage_retrieval_en",
-            format!("{}\n", first.replace("Abbreviation expansion\"]", "nope\"]")),
+            format!(
+                "{}\n",
+                first.replace("Abbreviation expansion\"]", "nope\"]")
+            ),
             "names no `Paragraph <n>`",
         ),
     ];
@@ -163,7 +207,10 @@ fn bad_input_is_a_clear_error() {
             .samples(&ByteTokenizer)
             .unwrap_err()
             .to_string();
-        assert!(err.contains(needle) && err.contains(&format!("{ds}.jsonl")), "{err}");
+        assert!(
+            err.contains(needle) && err.contains(&format!("{ds}.jsonl")),
+            "{err}"
+        );
     }
     std::fs::remove_dir_all(&dir).unwrap();
 }

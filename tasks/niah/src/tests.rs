@@ -31,35 +31,55 @@ fn word_lengths_cut_the_cycled_essays_and_place_the_needle_at_int_depth() {
         .map(|s| s.metadata["depth"].as_f64().unwrap())
         .collect();
     assert_eq!(depths, vec![0.0, 0.0, 0.5, 0.5, 1.0, 1.0]);
-    // 13 words: a.txt (7) then b.txt (6), in name order, cycled.
+    // 12 words: a.txt (7) then b.txt (5), in name order, cycled; the needle after word 10.
     let s = &samples[2];
     let key = &s.references[0];
     assert_eq!(key.len(), 7);
     assert_eq!(
         s.context,
         format!(
-            "How to start a startup? Work hard. Startups grow.\n\n  {} They  die too. \
+            "How to start a startup? Work hard. Startups grow.\n\nThey   {} die too. \
              How to start a startup? Work hard. Startups ",
             needle(key)
         )
     );
-    assert!(samples[0].context.starts_with(&format!(" {} How", needle(&samples[0].references[0]))));
-    assert!(samples[4].context.ends_with(&format!("Startups  {} ", needle(&samples[4].references[0]))));
+    assert!(samples[0]
+        .context
+        .starts_with(&format!(" {} How", needle(&samples[0].references[0]))));
+    assert!(samples[4]
+        .context
+        .ends_with(&format!("Startups  {} ", needle(&samples[4].references[0]))));
     assert_eq!(
         s.prompt(),
-        format!("{INSTRUCTION}{}\nWhat is the pass key? The pass key is ", s.context)
+        format!(
+            "{INSTRUCTION}{}\nWhat is the pass key? The pass key is ",
+            s.context
+        )
     );
     assert_eq!(s.metadata["cell"], "20@0.5000");
     assert!(!s.chat_template);
     // Deterministic for a seed, different for another.
     assert_eq!(samples, t.samples(&ByteTokenizer).unwrap());
-    let other = task(&[("lengths", "20"), ("depths", "3"), ("iterations", "2"), ("seed", "7")]);
-    assert_ne!(samples[0].references, other.samples(&ByteTokenizer).unwrap()[0].references);
+    let other = task(&[
+        ("lengths", "20"),
+        ("depths", "3"),
+        ("iterations", "2"),
+        ("seed", "7"),
+    ]);
+    assert_ne!(
+        samples[0].references,
+        other.samples(&ByteTokenizer).unwrap()[0].references
+    );
 }
 
 #[test]
 fn token_lengths_fit_the_budget_tightly() {
-    let t = task(&[("lengths", "300,700"), ("unit", "tokens"), ("depth_values", "0.3"), ("digits", "64")]);
+    let t = task(&[
+        ("lengths", "500,900"),
+        ("unit", "tokens"),
+        ("depth_values", "0.3"),
+        ("digits", "64"),
+    ]);
     let samples = t.samples(&ByteTokenizer).unwrap();
     assert_eq!(samples.len(), 2 * 3);
     for s in &samples {
@@ -94,10 +114,16 @@ fn scores_follow_the_paper() {
 #[test]
 fn bad_parameters_and_missing_essays_are_clear_errors() {
     let resolve = |raw: &[(&str, &str)]| {
-        let raw: RawParams = raw.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+        let raw: RawParams = raw
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
         Niah::build(&Params::resolve("task niah", &Niah::params(), &raw)?)
     };
-    let err = resolve(&[("depth_values", "0.5,2")]).err().unwrap().to_string();
+    let err = resolve(&[("depth_values", "0.5,2")])
+        .err()
+        .unwrap()
+        .to_string();
     assert!(err.contains("depth_values"), "{err}");
     let err = resolve(&[("lengths", "0")]).err().unwrap().to_string();
     assert!(err.contains("lengths"), "{err}");

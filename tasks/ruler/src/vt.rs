@@ -51,7 +51,11 @@ fn chains_in_noise(
     }
     let mut chains = Vec::new();
     for vars in names.chunks(num_hops + 1) {
-        let mut chain = vec![format!("VAR {} = {}", vars[0], rng.random_range(10000..99999u32))];
+        let mut chain = vec![format!(
+            "VAR {} = {}",
+            vars[0],
+            rng.random_range(10000..99999u32)
+        )];
         for j in 0..num_hops {
             chain.push(format!("VAR {} = VAR {} ", vars[j + 1], vars[j]));
         }
@@ -63,19 +67,31 @@ fn chains_in_noise(
         sentences = sentences
             .iter()
             .flat_map(|s| s.split('.'))
-            .map(|x| if x.trim().is_empty() { x.to_string() } else { format!("{x}.") })
+            .map(|x| {
+                if x.trim().is_empty() {
+                    x.to_string()
+                } else {
+                    format!("{x}.")
+                }
+            })
             .collect();
     }
     for chain in &chains {
-        let mut at = rand::seq::index::sample(rng, sentences.len(), chain.len().min(sentences.len()))
-            .into_vec();
+        let mut at =
+            rand::seq::index::sample(rng, sentences.len(), chain.len().min(sentences.len()))
+                .into_vec();
         at.sort_unstable();
         for (j, (pos, line)) in at.iter().zip(chain).enumerate() {
             sentences.insert(pos + j, line.clone());
         }
     }
     let context = sentences.join(" ").replace(". \n", ".\n");
-    let value = chains[0][0].rsplit('=').next().unwrap_or("").trim().to_string();
+    let value = chains[0][0]
+        .rsplit('=')
+        .next()
+        .unwrap_or("")
+        .trim()
+        .to_string();
     Generated {
         instruction: INSTRUCTION.to_string(),
         context,
