@@ -1,23 +1,66 @@
-//! Answer-matching metrics with the semantics of the benchmark's Python code.
+//! Answer-matching metrics with the semantics of the benchmarks' Python code.
+//!
+//! - here: SQuAD normalisation and the needle test's exact and partial match;
+//! - [`difflib`]: Python's `difflib.SequenceMatcher` (matching blocks, `ratio`);
+//! - [`longbench`]: LongBench's `metrics.py` (qa F1, Rouge-L, classification, retrieval,
+//!   count, code similarity);
+//! - [`ruler`]: RULER's `string_match_all` / `string_match_part`.
+
+pub mod difflib;
+pub mod longbench;
+pub mod ruler;
 
 /// ASCII punctuation as Python's `string.punctuation`.
 const PUNCTUATION: &str = "!\"#$%&'()*+,-./:;<=>?@[\\]^_`{|}~";
 
-/// SQuAD's `normalize_answer`: lower-case, drop punctuation, drop the articles a/an/the,
-/// collapse whitespace.
+/// Python's `str.isspace` (what `str.split()` splits on): Unicode whitespace plus the ASCII
+/// information separators U+001C..U+001F, which Rust's `char::is_whitespace` leaves out.
+pub fn is_python_space(c: char) -> bool {
+    c.is_whitespace() || ('\u{1c}'..='\u{1f}').contains(&c)
+}
+
+/// Python's `text.split()`: runs of whitespace separate words, no empty words.
+pub fn python_split(text: &str) -> Vec<&str> {
+    text.split(is_python_space)
+        .filter(|w| !w.is_empty())
+        .collect()
+}
+
+/// A character of Python's `\w` (Unicode word characters).
+fn is_word_char(c: char) -> bool {
+    c.is_alphanumeric() || c == '_'
+}
+
+/// SQuAD's `normalize_answer` (as in LongBench's and the needle test's code): lower-case,
+/// drop `string.punctuation`, replace `\b(a|an|the)\b` with a space, collapse whitespace.
 pub fn normalize_answer(text: &str) -> String {
-    let lowered = text.to_lowercase();
-    let no_punct: String = lowered
+    let no_punct: String = text
+        .to_lowercase()
         .chars()
         .filter(|c| !PUNCTUATION.contains(*c))
         .collect();
-    // Python's `re.sub(r"\b(a|an|the)\b", " ", s)` then `" ".join(s.split())`: splitting on
-    // whitespace and dropping article words gives the same result.
-    no_punct
-        .split_whitespace()
-        .filter(|w| !matches!(*w, "a" | "an" | "the"))
-        .collect::<Vec<_>>()
-        .join(" ")
+    // `\b(a|an|the)\b` can only match a whole maximal run of word characters, so replace
+    // runs that are exactly an article.
+    let mut no_articles = String::with_capacity(no_punct.len());
+    let mut run = String::new();
+    let flush = |run: &mut String, out: &mut String| {
+        if matches!(run.as_str(), "a" | "an" | "the") {
+            out.push(' ');
+        } else {
+            out.push_str(run);
+        }
+        run.clear();
+    };
+    for c in no_punct.chars() {
+        if is_word_char(c) {
+            run.push(c);
+        } else {
+            flush(&mut run, &mut no_articles);
+            no_articles.push(c);
+        }
+    }
+    flush(&mut run, &mut no_articles);
+    python_split(&no_articles).join(" ")
 }
 
 /// 1.0 if the normalised reference occurs in the normalised prediction, else 0.0
@@ -70,6 +113,9 @@ mod tests {
         );
         assert_eq!(normalize_answer("An apple a day"), "apple day");
         assert_eq!(normalize_answer("theater"), "theater");
+        // `\b` also separates non-ASCII punctuation, which `string.punctuation` keeps.
+        assert_eq!(normalize_answer("the—end of a’s"), "—end of ’s");
+        assert_eq!(normalize_answer("x\u{1f}an y"), "x y");
     }
 
     #[test]

@@ -16,6 +16,9 @@ pub fn builtin<B: Backend>() -> Registry<B> {
     r.register_method::<longctx_method_full::Full>();
     // Tasks
     r.register_task::<longctx_task_passkey::Passkey>();
+    r.register_task::<longctx_task_niah::Niah>();
+    r.register_task::<longctx_task_ruler::Ruler>();
+    r.register_task::<longctx_task_longbench::LongBench>();
     r
 }
 
@@ -31,7 +34,9 @@ mod tests {
         assert!(r.methods().any(|m| m.name == "full"));
         assert!(r.models().any(|m| m.name == "tiny"));
         assert!(r.models().any(|m| m.name == "smollm2-135m"));
-        assert!(r.tasks().any(|t| t.name == "passkey"));
+        for task in ["passkey", "niah", "ruler", "longbench"] {
+            assert!(r.tasks().any(|t| t.name == task), "{task}");
+        }
         let err = r
             .method_params("fulll", &RawParams::new())
             .unwrap_err()
