@@ -19,6 +19,7 @@ pub fn builtin<B: Backend>() -> Registry<B> {
     r.register_task::<longctx_task_niah::Niah>();
     r.register_task::<longctx_task_ruler::Ruler>();
     r.register_task::<longctx_task_longbench::LongBench>();
+    r.register_task::<longctx_task_perplexity::Perplexity>();
     r
 }
 

@@ -49,6 +49,7 @@ mod tests {
             max_new_tokens: 8,
             chat_template: true,
             metadata: BTreeMap::from([("length".to_string(), 512.into())]),
+            continuation: Some("scored text".into()),
         };
         let path = std::env::temp_dir().join(format!("longctx-jsonl-{}.jsonl", std::process::id()));
         let samples = vec![

@@ -232,6 +232,7 @@ impl LongBenchTask {
             max_new_tokens: ds.max_new_tokens,
             chat_template: ds.chat_template,
             metadata,
+            continuation: None,
         })
     }
 }

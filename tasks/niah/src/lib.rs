@@ -261,6 +261,7 @@ impl Task for NiahTask {
                         max_new_tokens: self.max_new_tokens,
                         chat_template: self.chat_template,
                         metadata,
+                        continuation: None,
                     });
                 }
             }

@@ -424,6 +424,7 @@ impl Task for RulerTask {
                         max_new_tokens: generator.tokens_to_generate(),
                         chat_template: false,
                         metadata,
+                        continuation: None,
                     });
                 }
             }
