@@ -212,8 +212,7 @@ impl TransformerConfig {
             Family::Llama => 2 * h,
             Family::Gemma3 => 4 * h + 2 * self.head_dim,
         };
-        let biases =
-            usize::from(self.qkv_bias) * (q + 2 * kv) + usize::from(self.o_bias) * h;
+        let biases = usize::from(self.qkv_bias) * (q + 2 * kv) + usize::from(self.o_bias) * h;
         let per_layer =
             norms + biases + h * q + 2 * h * kv + q * h + 3 * h * self.intermediate_size;
         let embed = self.vocab_size * h;

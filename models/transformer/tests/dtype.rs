@@ -28,12 +28,21 @@ fn logits(dtype: WeightDtype, ids: &[u32]) -> (Vec<f32>, String) {
     let out = model
         .forward(ids, &pos, &mut state, LogitsSelection::All)
         .unwrap();
-    (out.into_data().convert::<f32>().to_vec().unwrap(), model.info().dtype.clone())
+    (
+        out.into_data().convert::<f32>().to_vec().unwrap(),
+        model.info().dtype.clone(),
+    )
 }
 
 fn argmax_rows(x: &[f32], vocab: usize) -> Vec<usize> {
     x.chunks(vocab)
-        .map(|r| r.iter().enumerate().max_by(|a, b| a.1.total_cmp(b.1)).unwrap().0)
+        .map(|r| {
+            r.iter()
+                .enumerate()
+                .max_by(|a, b| a.1.total_cmp(b.1))
+                .unwrap()
+                .0
+        })
         .collect()
 }
 
@@ -54,6 +63,10 @@ fn half_precision_weights_agree_with_f32_on_the_greedy_token() {
             .count();
         eprintln!("{name}: relative error {e:e} vs f32, greedy token equal at {same}/40 positions");
         assert!(e < 5e-2, "{name}: relative error {e:e}");
-        assert!(same >= 38, "{name}: greedy token differs at {} positions", 40 - same);
+        assert!(
+            same >= 38,
+            "{name}: greedy token differs at {} positions",
+            40 - same
+        );
     }
 }

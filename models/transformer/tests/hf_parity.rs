@@ -66,7 +66,11 @@ fn host<B: Backend>(t: Tensor<B, 2>) -> Vec<f32> {
 fn one_shot<B: Backend>(model: &Transformer<B>, ids: &[u32]) -> Vec<f32> {
     let mut state = new_state(model, ids.len());
     let pos: Vec<usize> = (0..ids.len()).collect();
-    host(model.forward(ids, &pos, &mut state, LogitsSelection::All).unwrap())
+    host(
+        model
+            .forward(ids, &pos, &mut state, LogitsSelection::All)
+            .unwrap(),
+    )
 }
 
 /// Logits of every position from a prefill of `prefill` tokens (all positions) followed by
@@ -98,11 +102,17 @@ fn check_backend<B: Backend>(backend: &str) {
         let got = one_shot(&model, &ids);
         let e = max_relative_error(&got, &want);
         eprintln!("{backend} {name}: one-shot relative error {e:e}");
-        assert!(e < TOLERANCE, "{backend} {name}: one-shot relative error {e:e}");
+        assert!(
+            e < TOLERANCE,
+            "{backend} {name}: one-shot relative error {e:e}"
+        );
         let got = incremental(&model, &ids, 24);
         let e = max_relative_error(&got, &want);
         eprintln!("{backend} {name}: prefill 24 + 16 decode steps relative error {e:e}");
-        assert!(e < TOLERANCE, "{backend} {name}: incremental relative error {e:e}");
+        assert!(
+            e < TOLERANCE,
+            "{backend} {name}: incremental relative error {e:e}"
+        );
     }
 }
 
@@ -122,7 +132,11 @@ fn fixtures_match_transformers_on_wgpu() {
 
 #[test]
 fn configs_read_the_features_each_fixture_covers() {
-    let load = |n: &str| load_hf::<Flex>(&fixture(n), n, WeightDtype::F32, &Default::default()).unwrap().config;
+    let load = |n: &str| {
+        load_hf::<Flex>(&fixture(n), n, WeightDtype::F32, &Default::default())
+            .unwrap()
+            .config
+    };
     let llama = load("llama-linear");
     assert!(!llama.tie_embeddings && llama.n_kv_heads < llama.n_heads);
     assert!(load("llama3-tied").tie_embeddings);
@@ -134,7 +148,12 @@ fn configs_read_the_features_each_fixture_covers() {
     assert_eq!(gemma.architecture, "gemma3");
     assert_eq!(
         gemma.layer_types,
-        [LayerType::Local, LayerType::Global, LayerType::Local, LayerType::Global]
+        [
+            LayerType::Local,
+            LayerType::Global,
+            LayerType::Local,
+            LayerType::Global
+        ]
     );
     assert_eq!(gemma.sliding_window, Some(8));
     assert_eq!(gemma.local_rope_theta, Some(10000.0));
@@ -148,7 +167,10 @@ fn local_model_loads_a_directory_with_its_tokenizer() {
     let params = Params::resolve("local", &LocalModel::params(), &given).unwrap();
     let loaded = LocalModel::load::<Flex>(&params, &Default::default()).unwrap();
     assert_eq!(loaded.tokenizer.vocab_size(), 300);
-    let ids = loaded.tokenizer.encode("The quick brown fox", false).unwrap();
+    let ids = loaded
+        .tokenizer
+        .encode("The quick brown fox", false)
+        .unwrap();
     assert!(!ids.is_empty());
     let text = loaded.tokenizer.decode(&ids).unwrap();
     assert_eq!(text, "The quick brown fox");
