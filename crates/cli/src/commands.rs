@@ -190,6 +190,12 @@ pub fn fetch(model: &str, model_params: &[String]) -> Result<()> {
             println!("{}", path.display());
             Ok(())
         }
+        "gemma3-270m" => {
+            let dir = longctx_model_transformer::pretrained::cache_dir(&params)?;
+            let path = longctx_model_transformer::Gemma3_270m::ensure_cached(&dir)?;
+            println!("{}", path.display());
+            Ok(())
+        }
         other => anyhow::bail!("model '{other}' has no weights to fetch"),
     }
 }

@@ -12,6 +12,8 @@ pub fn builtin<B: Backend>() -> Registry<B> {
     // Models
     r.register_model::<longctx_model_transformer::TinyModel>();
     r.register_model::<longctx_model_transformer::SmolLm2>();
+    r.register_model::<longctx_model_transformer::Gemma3_270m>();
+    r.register_model::<longctx_model_transformer::LocalModel>();
     // KV methods
     r.register_method::<longctx_method_full::Full>();
     // Tasks

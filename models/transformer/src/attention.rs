@@ -81,7 +81,8 @@ fn repeat_kv<B: Backend>(x: Tensor<B, 4>, groups: usize) -> Tensor<B, 4> {
 }
 
 /// Scaled dot-product attention of `queries` `[1, H_q, T, D]` at `query_positions` over a
-/// cache view, with causal and sliding-window masking derived from positions.
+/// cache view, with causal and sliding-window masking derived from positions; scores are
+/// multiplied by `scale` (usually `D^-0.5`).
 ///
 /// Takes the fused backend kernel unless attention weights are needed or the view needs an
 /// explicit mask; decode steps (`T = 1`) fold the query-head groups so keys are not repeated.
@@ -90,13 +91,13 @@ pub fn attend<B: Backend>(
     query_positions: &[usize],
     view: &KvView<B>,
     window: Option<usize>,
+    scale: f64,
     needs: ObservationNeeds,
 ) -> Attended<B> {
     let [_, n_q, t, d] = queries.dims();
     let n_kv = view.keys.dims()[1];
     let groups = n_q / n_kv;
     let device = queries.device();
-    let scale = 1.0 / (d as f64).sqrt();
     let plain =
         plain_causal(&view.positions, query_positions, window) && view.padding_mask.is_none();
 

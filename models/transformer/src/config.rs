@@ -2,9 +2,34 @@ use serde::{Deserialize, Serialize};
 
 use longctx_core::{AttentionLayerSpec, Error, LayerSpec, Result};
 
-/// Hyper-parameters of a Llama-family transformer.
+use crate::rope::RopeScaling;
+
+/// Which block layout a checkpoint follows.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Family {
+    /// Llama, Mistral, Qwen2: pre-norm blocks, SwiGLU MLP, norm gain `x * w`.
+    Llama,
+    /// Gemma-3: embeddings scaled by `sqrt(hidden)`, RMSNorm over each query/key head before
+    /// RoPE, a norm after attention and after the MLP too, gated GELU (tanh) MLP.
+    Gemma3,
+}
+
+/// Attention reach of one layer.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum LayerType {
+    /// Every earlier token.
+    Global,
+    /// The last [`TransformerConfig::sliding_window`] tokens (the query included), with the
+    /// local RoPE base when there is one.
+    Local,
+}
+
+/// Hyper-parameters of a decoder-only transformer of the Llama or Gemma-3 family.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct TransformerConfig {
+    /// Architecture name for records (`llama`, `mistral`, `qwen2`, `gemma3`, ...).
+    pub architecture: String,
+    pub family: Family,
     pub vocab_size: usize,
     pub hidden_size: usize,
     pub intermediate_size: usize,
@@ -12,15 +37,79 @@ pub struct TransformerConfig {
     pub n_heads: usize,
     pub n_kv_heads: usize,
     pub head_dim: usize,
+    /// RoPE base of global layers (and of local ones when `local_rope_theta` is `None`).
     pub rope_theta: f64,
+    /// RoPE frequency scaling of global layers (and of local ones when `local_rope_theta` is
+    /// `None`).
+    pub rope_scaling: RopeScaling,
+    /// RoPE base of local layers, unscaled (Gemma-3's `rope_local_base_freq`).
+    pub local_rope_theta: Option<f64>,
     pub rms_norm_eps: f64,
     pub max_context: usize,
     pub tie_embeddings: bool,
-    /// Local attention window for every layer (Mistral); `None` = global attention.
+    /// Window of the [`LayerType::Local`] layers, in tokens.
     pub sliding_window: Option<usize>,
+    /// One entry per layer.
+    pub layer_types: Vec<LayerType>,
+    /// Bias on the query, key and value projections (Qwen2, Llama `attention_bias`).
+    pub qkv_bias: bool,
+    /// Bias on the output projection (Llama `attention_bias`).
+    pub o_bias: bool,
+    /// Attention scores are scaled by `query_pre_attn_scalar^-0.5` instead of
+    /// `head_dim^-0.5` (Gemma).
+    pub query_pre_attn_scalar: Option<f64>,
+    /// `logits = c * tanh(logits / c)` (Gemma).
+    pub final_logit_softcap: Option<f64>,
 }
 
 impl TransformerConfig {
+    /// A Llama-architecture configuration: every layer global, or every layer local with
+    /// `sliding_window` (Mistral); no biases, no RoPE scaling.
+    #[allow(clippy::too_many_arguments)]
+    pub fn llama(
+        vocab_size: usize,
+        hidden_size: usize,
+        intermediate_size: usize,
+        n_layers: usize,
+        n_heads: usize,
+        n_kv_heads: usize,
+        head_dim: usize,
+        rope_theta: f64,
+        rms_norm_eps: f64,
+        max_context: usize,
+        tie_embeddings: bool,
+        sliding_window: Option<usize>,
+    ) -> Self {
+        let kind = if sliding_window.is_some() {
+            LayerType::Local
+        } else {
+            LayerType::Global
+        };
+        Self {
+            architecture: "llama".into(),
+            family: Family::Llama,
+            vocab_size,
+            hidden_size,
+            intermediate_size,
+            n_layers,
+            n_heads,
+            n_kv_heads,
+            head_dim,
+            rope_theta,
+            rope_scaling: RopeScaling::None,
+            local_rope_theta: None,
+            rms_norm_eps,
+            max_context,
+            tie_embeddings,
+            sliding_window,
+            layer_types: vec![kind; n_layers],
+            qkv_bias: false,
+            o_bias: false,
+            query_pre_attn_scalar: None,
+            final_logit_softcap: None,
+        }
+    }
+
     /// Checks that the numbers fit together; names the first that does not.
     pub fn validate(&self) -> Result<()> {
         let bad = |m: String| Err(Error::InvalidInput(format!("transformer config: {m}")));
@@ -50,10 +139,53 @@ impl TransformerConfig {
                 self.head_dim
             ));
         }
-        if self.rope_theta.is_nan() || self.rope_theta <= 0.0 {
-            return bad(format!("rope_theta ({}) must be positive", self.rope_theta));
+        for (name, theta) in [
+            ("rope_theta", Some(self.rope_theta)),
+            ("local_rope_theta", self.local_rope_theta),
+        ] {
+            if let Some(t) = theta.filter(|t| t.is_nan() || *t <= 0.0) {
+                return bad(format!("{name} ({t}) must be positive"));
+            }
+        }
+        self.rope_scaling.validate()?;
+        if self.layer_types.len() != self.n_layers {
+            return bad(format!(
+                "{} layer types for {} layers",
+                self.layer_types.len(),
+                self.n_layers
+            ));
+        }
+        if self.sliding_window == Some(0) {
+            return bad("sliding_window must be positive".into());
+        }
+        if self.sliding_window.is_none() && self.layer_types.contains(&LayerType::Local) {
+            return bad("local layers need a sliding_window".into());
+        }
+        for (name, v) in [
+            ("query_pre_attn_scalar", self.query_pre_attn_scalar),
+            ("final_logit_softcap", self.final_logit_softcap),
+        ] {
+            if let Some(x) = v.filter(|x| x.is_nan() || *x <= 0.0) {
+                return bad(format!("{name} ({x}) must be positive"));
+            }
         }
         Ok(())
+    }
+
+    /// The attention window of layer `layer` (`None` = global).
+    pub fn window_of(&self, layer: usize) -> Option<usize> {
+        match self.layer_types[layer] {
+            LayerType::Global => None,
+            LayerType::Local => self.sliding_window,
+        }
+    }
+
+    /// The scale applied to attention scores.
+    pub fn attention_scale(&self) -> f64 {
+        1.0 / self
+            .query_pre_attn_scalar
+            .unwrap_or(self.head_dim as f64)
+            .sqrt()
     }
 
     /// The layer specs a KV method sees.
@@ -65,7 +197,7 @@ impl TransformerConfig {
                     n_query_heads: self.n_heads,
                     n_kv_heads: self.n_kv_heads,
                     head_dim: self.head_dim,
-                    sliding_window: self.sliding_window,
+                    sliding_window: self.window_of(layer),
                 })
             })
             .collect()
@@ -76,7 +208,13 @@ impl TransformerConfig {
         let h = self.hidden_size;
         let q = self.n_heads * self.head_dim;
         let kv = self.n_kv_heads * self.head_dim;
-        let per_layer = 2 * h + h * q + 2 * h * kv + q * h + 3 * h * self.intermediate_size;
+        let norms = match self.family {
+            Family::Llama => 2 * h,
+            Family::Gemma3 => 4 * h + 2 * self.head_dim,
+        };
+        let biases = usize::from(self.qkv_bias) * (q + 2 * kv) + usize::from(self.o_bias) * h;
+        let per_layer =
+            norms + biases + h * q + 2 * h * kv + q * h + 3 * h * self.intermediate_size;
         let embed = self.vocab_size * h;
         let head = if self.tie_embeddings { 0 } else { embed };
         embed + head + h + self.n_layers * per_layer

@@ -1,22 +1,37 @@
-//! Loading Llama-architecture GGUF files (llama.cpp's format) into a [`Transformer`].
+//! Loading GGUF files (llama.cpp's format) into a [`Transformer`]: the `llama` and `gemma3`
+//! architectures.
 //!
-//! Every tensor is dequantized to `f32` on the host. Two layout differences are undone:
+//! Every tensor is dequantized to `f32` on the host, then stored in the chosen dtype. Layout
+//! differences from Hugging Face checkpoints:
 //!
 //! - Linear weights are stored `[out, in]` (Hugging Face / PyTorch); [`LayerWeights`] holds
 //!   `[in, out]`, so they are transposed.
-//! - llama.cpp's converter permutes the rows of the query and key projections so that its
-//!   RoPE, which rotates adjacent pairs `(2i, 2i+1)`, matches Hugging Face's "rotate half",
-//!   which rotates `(i, i + D/2)`. [`unpermute_qk_rows`] restores the Hugging Face order, which
-//!   is what [`Rope`](crate::Rope) implements.
+//! - For `llama`, llama.cpp's converter permutes the rows of the query and key projections so
+//!   that its RoPE, which rotates adjacent pairs `(2i, 2i+1)`, matches Hugging Face's "rotate
+//!   half", which rotates `(i, i + D/2)`. [`unpermute_qk_rows`] restores the Hugging Face
+//!   order, which is what [`Rope`](crate::Rope) implements. The converter's `Gemma3Model` does
+//!   not permute, so `gemma3` weights are used as they are.
+//! - For `gemma3`, the converter stores every RMSNorm gain with the 1 of `x * (1 + w)` already
+//!   added (`norm_shift = 1.0`), so the gains are used as they are.
+//! - `gemma3` files do not record everything the Hugging Face config has; llama.cpp fixes the
+//!   rest for the architecture, and so does [`gemma3_config`]: every 6th layer is global, local
+//!   layers use RoPE base 10000 without scaling, and attention scores are scaled by
+//!   `head_dim^-0.5` (transformers' `query_pre_attn_scalar`, equal to `head_dim` for every
+//!   Gemma-3 size except 27B).
+//!
+//! [`LayerWeights`]: crate::LayerWeights
 
 use std::path::Path;
 
-use burn::tensor::{backend::Backend, Tensor, TensorData};
+use burn::tensor::backend::Backend;
 use longctx_core::{Error, Result};
 use longctx_io::gguf::GgufFile;
 
-use crate::config::TransformerConfig;
-use crate::model::{LayerWeights, Transformer};
+use crate::config::{Family, LayerType, TransformerConfig};
+use crate::model::Transformer;
+use crate::rope::RopeScaling;
+pub use crate::weights::transpose;
+use crate::weights::{build, HostTensors, Layout, Part, WeightDtype};
 
 /// Inverse of llama.cpp's `permute(w, n_head, n_head_kv)` on a row-major `[rows, cols]` matrix
 /// whose rows are `n_heads` heads of `head_dim = rows / n_heads` rows each.
@@ -49,180 +64,249 @@ pub fn unpermute_qk_rows(data: &[f32], rows: usize, cols: usize, n_heads: usize)
     out
 }
 
-/// Transposes a row-major `[rows, cols]` matrix to `[cols, rows]`.
-pub fn transpose(data: &[f32], rows: usize, cols: usize) -> Vec<f32> {
-    let mut out = vec![0.0; data.len()];
-    // Blocked, so both sides stay in cache for the large embedding matrix.
-    const B: usize = 64;
-    for r0 in (0..rows).step_by(B) {
-        for c0 in (0..cols).step_by(B) {
-            for r in r0..(r0 + B).min(rows) {
-                for c in c0..(c0 + B).min(cols) {
-                    out[c * rows + r] = data[r * cols + c];
-                }
-            }
+/// llama.cpp's period of global layers in `gemma3` (`hparams.set_swa_pattern(6)`).
+pub const GEMMA3_GLOBAL_EVERY: usize = 6;
+/// llama.cpp's RoPE base of `gemma3` local layers.
+pub const GEMMA3_LOCAL_ROPE_THETA: f64 = 10000.0;
+
+fn io_err(e: longctx_io::Error) -> Error {
+    Error::Other(e.to_string())
+}
+
+/// Reads the `{arch}.*` hyper-parameters common to both architectures.
+struct Keys<'a> {
+    file: &'a GgufFile,
+    arch: &'a str,
+}
+
+impl Keys<'_> {
+    fn key(&self, k: &str) -> String {
+        format!("{}.{k}", self.arch)
+    }
+    fn has(&self, k: &str) -> bool {
+        self.file.metadata_value(&self.key(k)).is_some()
+    }
+    fn uint(&self, k: &str) -> Result<usize> {
+        self.file
+            .get_uint(&self.key(k))
+            .map(|v| v as usize)
+            .map_err(io_err)
+    }
+    fn float(&self, k: &str) -> Result<f64> {
+        self.file.get_float(&self.key(k)).map_err(io_err)
+    }
+    fn float_or(&self, k: &str, default: f64) -> Result<f64> {
+        if self.has(k) {
+            self.float(k)
+        } else {
+            Ok(default)
         }
     }
-    out
+
+    /// The Llama-shaped part of the configuration.
+    fn base(&self) -> Result<TransformerConfig> {
+        let hidden = self.uint("embedding_length")?;
+        let n_heads = self.uint("attention.head_count")?;
+        let n_kv_heads = if self.has("attention.head_count_kv") {
+            self.uint("attention.head_count_kv")?
+        } else {
+            n_heads
+        };
+        let head_dim = if self.has("attention.key_length") {
+            self.uint("attention.key_length")?
+        } else if n_heads > 0 && hidden.is_multiple_of(n_heads) {
+            hidden / n_heads
+        } else {
+            return Err(Error::file(
+                self.file.path(),
+                format!(
+                    "{} ({hidden}) is not a multiple of {} ({n_heads})",
+                    self.key("embedding_length"),
+                    self.key("attention.head_count")
+                ),
+            ));
+        };
+        let mut c = TransformerConfig::llama(
+            self.file
+                .get_array("tokenizer.ggml.tokens")
+                .map_err(io_err)?
+                .len(),
+            hidden,
+            self.uint("feed_forward_length")?,
+            self.uint("block_count")?,
+            n_heads,
+            n_kv_heads,
+            head_dim,
+            self.float_or("rope.freq_base", 10000.0)?,
+            self.float("attention.layer_norm_rms_epsilon")?,
+            self.uint("context_length")?,
+            self.file.tensor_info("output.weight").is_err(),
+            None,
+        );
+        c.architecture = self.arch.to_string();
+        c.rope_scaling = self.rope_scaling()?;
+        Ok(c)
+    }
+
+    /// `{arch}.rope.scaling.type` (absent or `none` = no scaling; `linear` supported).
+    fn rope_scaling(&self) -> Result<RopeScaling> {
+        let key = self.key("rope.scaling.type");
+        match self.file.metadata_value(&key) {
+            None => Ok(RopeScaling::None),
+            Some(_) => match self.file.get_str(&key).map_err(io_err)? {
+                "none" => Ok(RopeScaling::None),
+                "linear" => Ok(RopeScaling::Linear {
+                    factor: self.float("rope.scaling.factor")?,
+                }),
+                other => Err(Error::file(
+                    self.file.path(),
+                    format!("{key} is '{other}'; only 'none' and 'linear' are supported"),
+                )),
+            },
+        }
+    }
 }
 
 /// Hyper-parameters of a `llama` GGUF file. Every missing key is an error naming the file and
 /// the key.
 pub fn llama_config(file: &GgufFile) -> Result<TransformerConfig> {
-    let err = |e: longctx_io::Error| Error::Other(e.to_string());
-    let arch = file.architecture().map_err(err)?;
+    let arch = file.architecture().map_err(io_err)?;
     if arch != "llama" {
         return Err(Error::file(
             file.path(),
-            format!("general.architecture is '{arch}'; only 'llama' is supported"),
+            format!("general.architecture is '{arch}', not 'llama'"),
         ));
     }
-    let uint = |k: &str| -> Result<usize> { file.get_uint(k).map(|v| v as usize).map_err(err) };
-    let hidden = uint("llama.embedding_length")?;
-    let n_heads = uint("llama.attention.head_count")?;
-    let n_kv_heads = match file.metadata_value("llama.attention.head_count_kv") {
-        Some(_) => uint("llama.attention.head_count_kv")?,
-        None => n_heads,
-    };
-    let head_dim = match file.metadata_value("llama.attention.key_length") {
-        Some(_) => uint("llama.attention.key_length")?,
-        None if n_heads > 0 && hidden.is_multiple_of(n_heads) => hidden / n_heads,
-        None => {
-            return Err(Error::file(
-                file.path(),
-                format!("llama.embedding_length ({hidden}) is not a multiple of llama.attention.head_count ({n_heads})"),
-            ))
-        }
-    };
-    let vocab_size = file.get_array("tokenizer.ggml.tokens").map_err(err)?.len();
-    let rope_theta = match file.metadata_value("llama.rope.freq_base") {
-        Some(_) => file.get_float("llama.rope.freq_base").map_err(err)?,
-        None => 10000.0,
-    };
-    let config = TransformerConfig {
-        vocab_size,
-        hidden_size: hidden,
-        intermediate_size: uint("llama.feed_forward_length")?,
-        n_layers: uint("llama.block_count")?,
-        n_heads,
-        n_kv_heads,
-        head_dim,
-        rope_theta,
-        rms_norm_eps: file
-            .get_float("llama.attention.layer_norm_rms_epsilon")
-            .map_err(err)?,
-        max_context: uint("llama.context_length")?,
-        tie_embeddings: file.tensor_info("output.weight").is_err(),
-        sliding_window: None,
-    };
-    config
-        .validate()
+    let c = Keys { file, arch }.base()?;
+    c.validate()
         .map_err(|e| Error::file(file.path(), e.to_string()))?;
-    Ok(config)
+    Ok(c)
 }
 
-/// Reads tensors of one file, checking shapes and naming the file and tensor in errors.
-struct Reader<'a, B: Backend> {
-    file: &'a GgufFile,
-    device: &'a B::Device,
+/// Hyper-parameters of a `gemma3` GGUF file (see the module documentation for the values
+/// llama.cpp fixes rather than stores).
+pub fn gemma3_config(file: &GgufFile) -> Result<TransformerConfig> {
+    let arch = file.architecture().map_err(io_err)?;
+    if arch != "gemma3" {
+        return Err(Error::file(
+            file.path(),
+            format!("general.architecture is '{arch}', not 'gemma3'"),
+        ));
+    }
+    let keys = Keys { file, arch };
+    let mut c = keys.base()?;
+    c.family = Family::Gemma3;
+    c.rope_theta = keys.float_or("rope.freq_base", 1_000_000.0)?;
+    c.local_rope_theta = Some(GEMMA3_LOCAL_ROPE_THETA);
+    c.sliding_window = Some(keys.uint("attention.sliding_window")?);
+    c.layer_types = (0..c.n_layers)
+        .map(|i| {
+            if (i + 1) % GEMMA3_GLOBAL_EVERY == 0 {
+                LayerType::Global
+            } else {
+                LayerType::Local
+            }
+        })
+        .collect();
+    c.query_pre_attn_scalar = Some(c.head_dim as f64);
+    if keys.has("final_logit_softcapping") {
+        c.final_logit_softcap = Some(keys.float("final_logit_softcapping")?);
+    }
+    c.validate()
+        .map_err(|e| Error::file(file.path(), e.to_string()))?;
+    Ok(c)
 }
 
-impl<B: Backend> Reader<'_, B> {
-    /// The tensor `name` dequantized, after checking its row-major shape is `want`.
-    fn host(&self, name: &str, want: &[usize]) -> Result<Vec<f32>> {
-        let info = self
-            .file
-            .tensor_info(name)
-            .map_err(|e| Error::Other(e.to_string()))?;
-        let got = info.shape();
+impl HostTensors for GgufFile {
+    fn path(&self) -> &Path {
+        GgufFile::path(self)
+    }
+    fn contains(&self, name: &str) -> bool {
+        self.tensor_info(name).is_ok()
+    }
+    fn read(&self, name: &str, want: &[usize]) -> Result<Vec<f32>> {
+        let got = self.tensor_info(name).map_err(io_err)?.shape();
         if got != want {
             return Err(Error::file(
-                self.file.path(),
+                GgufFile::path(self),
                 format!("tensor {name} has shape {got:?}, expected {want:?}"),
             ));
         }
-        self.file
-            .dequantize_f32(name)
-            .map_err(|e| Error::Other(e.to_string()))
-    }
-
-    fn vector(&self, name: &str, len: usize) -> Result<Tensor<B, 1>> {
-        let v = self.host(name, &[len])?;
-        Ok(Tensor::from_data(TensorData::new(v, [len]), self.device))
-    }
-
-    /// A linear weight stored `[out, in]`, returned `[in, out]`; `qk_heads` undoes the
-    /// converter's RoPE row permutation for query/key projections.
-    fn linear(
-        &self,
-        name: &str,
-        out_dim: usize,
-        in_dim: usize,
-        qk_heads: Option<usize>,
-    ) -> Result<Tensor<B, 2>> {
-        let mut v = self.host(name, &[out_dim, in_dim])?;
-        if let Some(h) = qk_heads {
-            v = unpermute_qk_rows(&v, out_dim, in_dim, h);
-        }
-        let t = transpose(&v, out_dim, in_dim);
-        Ok(Tensor::from_data(
-            TensorData::new(t, [in_dim, out_dim]),
-            self.device,
-        ))
+        self.dequantize_f32(name).map_err(io_err)
     }
 }
 
-/// Loads the Llama-architecture model of an opened GGUF file onto `device`, named `name`.
+/// llama.cpp's tensor names (`blk.N.attn_q.weight`, ...).
+fn gguf_layer_name(layer: usize, part: Part) -> String {
+    let (base, kind) = match part {
+        Part::AttnNorm => ("attn_norm", "weight"),
+        Part::Q => ("attn_q", "weight"),
+        Part::K => ("attn_k", "weight"),
+        Part::V => ("attn_v", "weight"),
+        Part::O => ("attn_output", "weight"),
+        Part::QBias => ("attn_q", "bias"),
+        Part::KBias => ("attn_k", "bias"),
+        Part::VBias => ("attn_v", "bias"),
+        Part::OBias => ("attn_output", "bias"),
+        Part::QNorm => ("attn_q_norm", "weight"),
+        Part::KNorm => ("attn_k_norm", "weight"),
+        Part::PostAttnNorm => ("post_attention_norm", "weight"),
+        Part::MlpNorm => ("ffn_norm", "weight"),
+        Part::PostMlpNorm => ("post_ffw_norm", "weight"),
+        Part::Gate => ("ffn_gate", "weight"),
+        Part::Up => ("ffn_up", "weight"),
+        Part::Down => ("ffn_down", "weight"),
+    };
+    format!("blk.{layer}.{base}.{kind}")
+}
+
+/// Loads the model of an opened GGUF file (`llama` or `gemma3`) onto `device` in `dtype`.
+pub fn load_gguf<B: Backend>(
+    file: &GgufFile,
+    name: &str,
+    dtype: WeightDtype,
+    device: &B::Device,
+) -> Result<Transformer<B>> {
+    let arch = file.architecture().map_err(io_err)?;
+    let (config, unpermute_qk) = match arch {
+        "llama" => (llama_config(file)?, true),
+        "gemma3" => (gemma3_config(file)?, false),
+        other => {
+            return Err(Error::file(
+                file.path(),
+                format!("general.architecture is '{other}'; supported: llama, gemma3"),
+            ))
+        }
+    };
+    let layout = Layout {
+        layer: gguf_layer_name,
+        embed: "token_embd.weight",
+        final_norm: "output_norm.weight",
+        lm_head: "output.weight",
+        norm_offset: 0.0,
+        unpermute_qk,
+    };
+    build(config, name, file, &layout, dtype, device)
+}
+
+/// Loads the Llama-architecture model of an opened GGUF file onto `device`, in f32.
 pub fn load_llama<B: Backend>(
     file: &GgufFile,
     name: &str,
     device: &B::Device,
 ) -> Result<Transformer<B>> {
-    let c = llama_config(file)?;
-    let r = Reader::<B> { file, device };
-    let (h, q, kv, f, vocab) = (
-        c.hidden_size,
-        c.n_heads * c.head_dim,
-        c.n_kv_heads * c.head_dim,
-        c.intermediate_size,
-        c.vocab_size,
-    );
-    let embed_host = r.host("token_embd.weight", &[vocab, h])?;
-    let lm_head_host = if c.tie_embeddings {
-        transpose(&embed_host, vocab, h)
-    } else {
-        transpose(&r.host("output.weight", &[vocab, h])?, vocab, h)
-    };
-    let embed = Tensor::from_data(TensorData::new(embed_host, [vocab, h]), device);
-    let lm_head = Tensor::from_data(TensorData::new(lm_head_host, [h, vocab]), device);
-    let mut layers = Vec::with_capacity(c.n_layers);
-    for i in 0..c.n_layers {
-        let n = |t: &str| format!("blk.{i}.{t}.weight");
-        layers.push(LayerWeights {
-            attn_norm: r.vector(&n("attn_norm"), h)?,
-            wq: r.linear(&n("attn_q"), q, h, Some(c.n_heads))?,
-            wk: r.linear(&n("attn_k"), kv, h, Some(c.n_kv_heads))?,
-            wv: r.linear(&n("attn_v"), kv, h, None)?,
-            wo: r.linear(&n("attn_output"), h, q, None)?,
-            mlp_norm: r.vector(&n("ffn_norm"), h)?,
-            w_gate: r.linear(&n("ffn_gate"), f, h, None)?,
-            w_up: r.linear(&n("ffn_up"), f, h, None)?,
-            w_down: r.linear(&n("ffn_down"), h, f, None)?,
-        });
-    }
-    let final_norm = r.vector("output_norm.weight", h)?;
-    Transformer::new(c, name, embed, layers, final_norm, lm_head)
-        .map_err(|e| Error::file(file.path(), e.to_string()))
+    llama_config(file)?;
+    load_gguf(file, name, WeightDtype::F32, device)
 }
 
-/// Opens the GGUF file at `path` and loads its model (named after the file stem).
-pub fn load_llama_file<B: Backend>(path: &Path, device: &B::Device) -> Result<Transformer<B>> {
-    let file = GgufFile::open(path).map_err(|e| Error::Other(e.to_string()))?;
+/// Opens the GGUF file at `path` and loads its model (named after the file stem) in f32.
+pub fn load_gguf_file<B: Backend>(path: &Path, device: &B::Device) -> Result<Transformer<B>> {
+    let file = GgufFile::open(path).map_err(io_err)?;
     let name = path
         .file_stem()
         .map(|s| s.to_string_lossy().into_owned())
         .unwrap_or_else(|| "gguf".into());
-    load_llama(&file, &name, device)
+    load_gguf(&file, &name, WeightDtype::F32, device)
 }
 
 #[cfg(test)]

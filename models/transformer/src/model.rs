@@ -1,17 +1,18 @@
-use burn::tensor::{activation::silu, backend::Backend, Int, Tensor, TensorData};
+use burn::tensor::{activation::silu, backend::Backend, DType, Int, Tensor, TensorData};
 
 use longctx_core::{
     AttentionObservation, CausalLm, Error, LogitsSelection, ModelInfo, Result, SequenceState,
 };
 
 use crate::attention::attend;
-use crate::config::TransformerConfig;
-use crate::rope::Rope;
+use crate::config::{Family, LayerType, TransformerConfig};
+use crate::rope::{Rope, RopeScaling};
 
-/// Weights of one decoder layer. Linear weights are stored `[in, out]` (`x @ w`).
+/// Weights of one decoder layer. Linear weights are stored `[in, out]` (`x @ w`); norm gains
+/// are the factor applied to the normalised input (for Gemma, `1 + w` of the checkpoint).
 #[derive(Clone, Debug)]
 pub struct LayerWeights<B: Backend> {
-    /// `[hidden]`
+    /// `[hidden]`: before attention.
     pub attn_norm: Tensor<B, 1>,
     /// `[hidden, H_q * D]`
     pub wq: Tensor<B, 2>,
@@ -21,8 +22,18 @@ pub struct LayerWeights<B: Backend> {
     pub wv: Tensor<B, 2>,
     /// `[H_q * D, hidden]`
     pub wo: Tensor<B, 2>,
-    /// `[hidden]`
+    /// `[H_q * D]`, `[H_kv * D]`, `[H_kv * D]`: present iff `config.qkv_bias`.
+    pub qkv_bias: Option<[Tensor<B, 1>; 3]>,
+    /// `[hidden]`: present iff `config.o_bias`.
+    pub o_bias: Option<Tensor<B, 1>>,
+    /// `[D]` each: RMSNorm over every query/key head before RoPE (Gemma-3).
+    pub qk_norm: Option<[Tensor<B, 1>; 2]>,
+    /// `[hidden]`: on the attention output before the residual add (Gemma-3).
+    pub post_attn_norm: Option<Tensor<B, 1>>,
+    /// `[hidden]`: before the MLP.
     pub mlp_norm: Tensor<B, 1>,
+    /// `[hidden]`: on the MLP output before the residual add (Gemma-3).
+    pub post_mlp_norm: Option<Tensor<B, 1>>,
     /// `[hidden, intermediate]`
     pub w_gate: Tensor<B, 2>,
     /// `[hidden, intermediate]`
@@ -31,7 +42,40 @@ pub struct LayerWeights<B: Backend> {
     pub w_down: Tensor<B, 2>,
 }
 
-/// A Llama-family decoder-only transformer.
+impl<B: Backend> LayerWeights<B> {
+    /// A Llama layer: no biases, no extra norms.
+    #[allow(clippy::too_many_arguments)]
+    pub fn llama(
+        attn_norm: Tensor<B, 1>,
+        wq: Tensor<B, 2>,
+        wk: Tensor<B, 2>,
+        wv: Tensor<B, 2>,
+        wo: Tensor<B, 2>,
+        mlp_norm: Tensor<B, 1>,
+        w_gate: Tensor<B, 2>,
+        w_up: Tensor<B, 2>,
+        w_down: Tensor<B, 2>,
+    ) -> Self {
+        Self {
+            attn_norm,
+            wq,
+            wk,
+            wv,
+            wo,
+            qkv_bias: None,
+            o_bias: None,
+            qk_norm: None,
+            post_attn_norm: None,
+            mlp_norm,
+            post_mlp_norm: None,
+            w_gate,
+            w_up,
+            w_down,
+        }
+    }
+}
+
+/// A decoder-only transformer of the Llama or Gemma-3 family.
 #[derive(Debug)]
 pub struct Transformer<B: Backend> {
     pub config: TransformerConfig,
@@ -43,19 +87,69 @@ pub struct Transformer<B: Backend> {
     pub final_norm: Tensor<B, 1>,
     /// `[hidden, vocab]`
     pub lm_head: Tensor<B, 2>,
+    /// RoPE of global layers, and of local layers unless `local_rope` is set.
     rope: Rope,
+    /// RoPE of local layers when their base differs (Gemma-3).
+    local_rope: Option<Rope>,
     device: B::Device,
 }
 
-/// RMSNorm over the last axis of `x` `[T, hidden]` with gain `w` `[hidden]`.
+// Activations are f32 throughout; weights may be stored in f16/bf16 (`--model-param dtype`).
+// Matrix products then run in the weights' dtype and small vectors (gains, biases) are
+// widened on use, so norms, softmax and the KV cache stay f32.
+
+/// `w` `[N]` as f32.
+fn widened<B: Backend>(w: &Tensor<B, 1>) -> Tensor<B, 1> {
+    if w.dtype() == DType::F32 {
+        w.clone()
+    } else {
+        w.clone().cast(DType::F32)
+    }
+}
+
+/// `x @ w` for f32 `x` `[T, in]` and `w` `[in, out]` in its stored dtype; returns f32 `[T, out]`.
+fn matmul<B: Backend>(x: Tensor<B, 2>, w: &Tensor<B, 2>) -> Tensor<B, 2> {
+    let dtype = w.dtype();
+    if dtype == DType::F32 {
+        x.matmul(w.clone())
+    } else {
+        x.cast(dtype).matmul(w.clone()).cast(DType::F32)
+    }
+}
+
+/// RMSNorm over the last axis of `x` `[N, width]` with gain `w` `[width]`.
 fn rms_norm<B: Backend>(x: Tensor<B, 2>, w: &Tensor<B, 1>, eps: f64) -> Tensor<B, 2> {
     let variance = x.clone().powi_scalar(2).mean_dim(1);
     let normed = x * (variance + eps).sqrt().recip();
-    normed * w.clone().unsqueeze::<2>()
+    normed * widened(w).unsqueeze::<2>()
+}
+
+/// RMSNorm of every head of `x` `[T, H * D]` over its `D` values, gain `w` `[D]`.
+fn head_norm<B: Backend>(x: Tensor<B, 2>, w: &Tensor<B, 1>, eps: f64) -> Tensor<B, 2> {
+    let [t, width] = x.dims();
+    let d = w.dims()[0];
+    rms_norm(x.reshape([t * width / d, d]), w, eps).reshape([t, width])
+}
+
+/// GELU with the tanh approximation (PyTorch's `gelu(approximate="tanh")`) of `x` `[N, F]`.
+fn gelu_tanh<B: Backend>(x: Tensor<B, 2>) -> Tensor<B, 2> {
+    let sqrt_2_over_pi = (2.0 / std::f64::consts::PI).sqrt();
+    let inner = (x.clone() + x.clone().powi_scalar(3) * 0.044715) * sqrt_2_over_pi;
+    x * (inner.tanh() + 1.0) * 0.5
+}
+
+/// `x @ w (+ b)` for `x` `[T, in]`, `w` `[in, out]`, `b` `[out]`.
+fn linear<B: Backend>(x: Tensor<B, 2>, w: &Tensor<B, 2>, b: Option<&Tensor<B, 1>>) -> Tensor<B, 2> {
+    let y = matmul(x, w);
+    match b {
+        Some(b) => y + widened(b).unsqueeze::<2>(),
+        None => y,
+    }
 }
 
 impl<B: Backend> Transformer<B> {
-    /// Assembles a model from weights; checks every shape against `config`.
+    /// Assembles a model from weights; checks every shape against `config`, and that the
+    /// optional weights are present exactly when the config asks for them.
     pub fn new(
         config: TransformerConfig,
         name: &str,
@@ -66,11 +160,12 @@ impl<B: Backend> Transformer<B> {
     ) -> Result<Self> {
         config.validate()?;
         let c = &config;
-        let (h, q, kv, f) = (
+        let (h, q, kv, f, d) = (
             c.hidden_size,
             c.n_heads * c.head_dim,
             c.n_kv_heads * c.head_dim,
             c.intermediate_size,
+            c.head_dim,
         );
         let check = |what: String, got: Vec<usize>, want: Vec<usize>| {
             if got == want {
@@ -78,6 +173,17 @@ impl<B: Backend> Transformer<B> {
             } else {
                 Err(Error::InvalidInput(format!(
                     "weight {what} has shape {got:?}, expected {want:?}"
+                )))
+            }
+        };
+        let presence = |what: String, present: bool, wanted: bool| {
+            if present == wanted {
+                Ok(())
+            } else {
+                Err(Error::InvalidInput(format!(
+                    "weight {what} is {} but the config {} it",
+                    if present { "present" } else { "missing" },
+                    if wanted { "needs" } else { "has no use for" }
                 )))
             }
         };
@@ -95,47 +201,57 @@ impl<B: Backend> Transformer<B> {
                 c.n_layers
             )));
         }
+        let gemma = c.family == Family::Gemma3;
         for (i, l) in layers.iter().enumerate() {
-            check(
-                format!("layers.{i}.attn_norm"),
-                l.attn_norm.dims().to_vec(),
-                vec![h],
-            )?;
-            check(format!("layers.{i}.wq"), l.wq.dims().to_vec(), vec![h, q])?;
-            check(format!("layers.{i}.wk"), l.wk.dims().to_vec(), vec![h, kv])?;
-            check(format!("layers.{i}.wv"), l.wv.dims().to_vec(), vec![h, kv])?;
-            check(format!("layers.{i}.wo"), l.wo.dims().to_vec(), vec![q, h])?;
-            check(
-                format!("layers.{i}.mlp_norm"),
-                l.mlp_norm.dims().to_vec(),
-                vec![h],
-            )?;
-            check(
-                format!("layers.{i}.w_gate"),
-                l.w_gate.dims().to_vec(),
-                vec![h, f],
-            )?;
-            check(
-                format!("layers.{i}.w_up"),
-                l.w_up.dims().to_vec(),
-                vec![h, f],
-            )?;
-            check(
-                format!("layers.{i}.w_down"),
-                l.w_down.dims().to_vec(),
-                vec![f, h],
-            )?;
+            let name = |w: &str| format!("layers.{i}.{w}");
+            check(name("attn_norm"), l.attn_norm.dims().to_vec(), vec![h])?;
+            check(name("wq"), l.wq.dims().to_vec(), vec![h, q])?;
+            check(name("wk"), l.wk.dims().to_vec(), vec![h, kv])?;
+            check(name("wv"), l.wv.dims().to_vec(), vec![h, kv])?;
+            check(name("wo"), l.wo.dims().to_vec(), vec![q, h])?;
+            check(name("mlp_norm"), l.mlp_norm.dims().to_vec(), vec![h])?;
+            check(name("w_gate"), l.w_gate.dims().to_vec(), vec![h, f])?;
+            check(name("w_up"), l.w_up.dims().to_vec(), vec![h, f])?;
+            check(name("w_down"), l.w_down.dims().to_vec(), vec![f, h])?;
+            presence(name("qkv_bias"), l.qkv_bias.is_some(), c.qkv_bias)?;
+            if let Some([bq, bk, bv]) = &l.qkv_bias {
+                check(name("bq"), bq.dims().to_vec(), vec![q])?;
+                check(name("bk"), bk.dims().to_vec(), vec![kv])?;
+                check(name("bv"), bv.dims().to_vec(), vec![kv])?;
+            }
+            presence(name("o_bias"), l.o_bias.is_some(), c.o_bias)?;
+            if let Some(bo) = &l.o_bias {
+                check(name("o_bias"), bo.dims().to_vec(), vec![h])?;
+            }
+            presence(name("qk_norm"), l.qk_norm.is_some(), gemma)?;
+            if let Some([qn, kn]) = &l.qk_norm {
+                check(name("q_norm"), qn.dims().to_vec(), vec![d])?;
+                check(name("k_norm"), kn.dims().to_vec(), vec![d])?;
+            }
+            presence(name("post_attn_norm"), l.post_attn_norm.is_some(), gemma)?;
+            presence(name("post_mlp_norm"), l.post_mlp_norm.is_some(), gemma)?;
+            for (w, t) in [
+                ("post_attn_norm", &l.post_attn_norm),
+                ("post_mlp_norm", &l.post_mlp_norm),
+            ] {
+                if let Some(t) = t {
+                    check(name(w), t.dims().to_vec(), vec![h])?;
+                }
+            }
         }
         let info = ModelInfo {
             name: name.to_string(),
-            architecture: "llama".into(),
+            architecture: c.architecture.clone(),
             vocab_size: c.vocab_size,
             max_context: c.max_context,
             layers: c.layer_specs(),
             dtype: format!("{:?}", embed.dtype()).to_lowercase(),
             parameter_count: c.parameter_count(),
         };
-        let rope = Rope::new(c.head_dim, c.rope_theta);
+        let rope = Rope::scaled(c.head_dim, c.rope_theta, &c.rope_scaling);
+        let local_rope = c
+            .local_rope_theta
+            .map(|theta| Rope::scaled(c.head_dim, theta, &RopeScaling::None));
         let device = embed.device();
         Ok(Self {
             config,
@@ -145,6 +261,7 @@ impl<B: Backend> Transformer<B> {
             final_norm,
             lm_head,
             rope,
+            local_rope,
             device,
         })
     }
@@ -195,21 +312,48 @@ impl<B: Backend> CausalLm<B> for Transformer<B> {
             &self.device,
         );
         let mut x = self.embed.clone().select(0, ids); // [T, hidden]
-        let (cos, sin) = self.rope.tables::<B>(positions, &self.device);
+        if x.dtype() != DType::F32 {
+            x = x.cast(DType::F32);
+        }
+        let gemma = c.family == Family::Gemma3;
+        if gemma {
+            x = x * (c.hidden_size as f64).sqrt();
+        }
+        let global_tables = self.rope.tables::<B>(positions, &self.device);
+        let local_tables = self
+            .local_rope
+            .as_ref()
+            .map(|r| r.tables::<B>(positions, &self.device));
+        let scale = c.attention_scale();
         let needs = state.observe;
 
         for (i, layer) in self.layers.iter().enumerate() {
             let h = rms_norm(x.clone(), &layer.attn_norm, c.rms_norm_eps);
-            let q = Self::heads(h.clone().matmul(layer.wq.clone()), c.n_heads, c.head_dim);
-            let k = Self::heads(h.clone().matmul(layer.wk.clone()), c.n_kv_heads, c.head_dim);
-            let v = Self::heads(h.matmul(layer.wv.clone()), c.n_kv_heads, c.head_dim);
-            let q = Rope::apply(q, &cos, &sin);
-            let k = Rope::apply(k, &cos, &sin);
+            let [bq, bk, bv] = match &layer.qkv_bias {
+                Some([bq, bk, bv]) => [Some(bq), Some(bk), Some(bv)],
+                None => [None, None, None],
+            };
+            let mut q = linear(h.clone(), &layer.wq, bq);
+            let mut k = linear(h.clone(), &layer.wk, bk);
+            let v = linear(h, &layer.wv, bv);
+            if let Some([qn, kn]) = &layer.qk_norm {
+                q = head_norm(q, qn, c.rms_norm_eps);
+                k = head_norm(k, kn, c.rms_norm_eps);
+            }
+            let q = Self::heads(q, c.n_heads, c.head_dim);
+            let k = Self::heads(k, c.n_kv_heads, c.head_dim);
+            let v = Self::heads(v, c.n_kv_heads, c.head_dim);
+            let (cos, sin) = match (&local_tables, c.layer_types[i]) {
+                (Some(local), LayerType::Local) => local,
+                _ => &global_tables,
+            };
+            let q = Rope::apply(q, cos, sin);
+            let k = Rope::apply(k, cos, sin);
 
             let cache = state.cache_mut(i)?;
             cache.append(k, v, positions)?;
             let view = cache.view();
-            let attended = attend(q.clone(), positions, &view, c.sliding_window, needs);
+            let attended = attend(q.clone(), positions, &view, c.window_of(i), scale, needs);
             if needs.any() {
                 cache.observe(AttentionObservation {
                     queries: needs.queries.then(|| q.clone()),
@@ -221,12 +365,21 @@ impl<B: Backend> CausalLm<B> for Transformer<B> {
                 .output
                 .swap_dims(1, 2)
                 .reshape([t, c.n_heads * c.head_dim]);
-            x = x + out.matmul(layer.wo.clone());
+            let mut out = linear(out, &layer.wo, layer.o_bias.as_ref());
+            if let Some(norm) = &layer.post_attn_norm {
+                out = rms_norm(out, norm, c.rms_norm_eps);
+            }
+            x = x + out;
 
             let h = rms_norm(x.clone(), &layer.mlp_norm, c.rms_norm_eps);
-            let gate = silu(h.clone().matmul(layer.w_gate.clone()));
-            let up = h.matmul(layer.w_up.clone());
-            x = x + (gate * up).matmul(layer.w_down.clone());
+            let gate = matmul(h.clone(), &layer.w_gate);
+            let gate = if gemma { gelu_tanh(gate) } else { silu(gate) };
+            let up = matmul(h, &layer.w_up);
+            let mut out = matmul(gate * up, &layer.w_down);
+            if let Some(norm) = &layer.post_mlp_norm {
+                out = rms_norm(out, norm, c.rms_norm_eps);
+            }
+            x = x + out;
         }
         state.processed_tokens += t;
 
@@ -235,6 +388,34 @@ impl<B: Backend> CausalLm<B> for Transformer<B> {
             LogitsSelection::All => x,
         };
         let x = rms_norm(x, &self.final_norm, c.rms_norm_eps);
-        Ok(x.matmul(self.lm_head.clone()))
+        let logits = matmul(x, &self.lm_head);
+        Ok(match c.final_logit_softcap {
+            Some(cap) => (logits / cap).tanh() * cap,
+            None => logits,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use burn::backend::Flex;
+
+    #[test]
+    fn gelu_tanh_matches_the_formula() {
+        let xs = [-3.0f32, -0.5, 0.0, 0.7, 2.5];
+        let t =
+            Tensor::<Flex, 2>::from_data(TensorData::new(xs.to_vec(), [1, 5]), &Default::default());
+        let got: Vec<f32> = gelu_tanh(t).into_data().to_vec().unwrap();
+        for (x, g) in xs.iter().zip(got) {
+            let x = *x as f64;
+            let want = 0.5
+                * x
+                * (1.0 + ((2.0 / std::f64::consts::PI).sqrt() * (x + 0.044715 * x.powi(3))).tanh());
+            assert!(
+                (g as f64 - want).abs() < 1e-6,
+                "gelu({x}) = {g}, want {want}"
+            );
+        }
     }
 }

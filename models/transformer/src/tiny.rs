@@ -18,20 +18,20 @@ impl TinyModel {
     /// The configuration described by `params`.
     pub fn config(params: &Params) -> Result<TransformerConfig> {
         let window = params.int("sliding_window")?;
-        Ok(TransformerConfig {
-            vocab_size: params.usize_at_least("vocab", ByteTokenizer::VOCAB)?,
-            hidden_size: params.usize_at_least("hidden", 2)?,
-            intermediate_size: params.usize_at_least("intermediate", 1)?,
-            n_layers: params.usize_at_least("layers", 1)?,
-            n_heads: params.usize_at_least("heads", 1)?,
-            n_kv_heads: params.usize_at_least("kv_heads", 1)?,
-            head_dim: params.usize_at_least("head_dim", 2)?,
-            rope_theta: params.float("rope_theta")?,
-            rms_norm_eps: 1e-5,
-            max_context: params.usize_at_least("max_context", 1)?,
-            tie_embeddings: false,
-            sliding_window: (window > 0).then_some(window as usize),
-        })
+        Ok(TransformerConfig::llama(
+            params.usize_at_least("vocab", ByteTokenizer::VOCAB)?,
+            params.usize_at_least("hidden", 2)?,
+            params.usize_at_least("intermediate", 1)?,
+            params.usize_at_least("layers", 1)?,
+            params.usize_at_least("heads", 1)?,
+            params.usize_at_least("kv_heads", 1)?,
+            params.usize_at_least("head_dim", 2)?,
+            params.float("rope_theta")?,
+            1e-5,
+            params.usize_at_least("max_context", 1)?,
+            false,
+            (window > 0).then_some(window as usize),
+        ))
     }
 
     /// Builds the model for `config` with weights drawn from `seed` on `device`.
@@ -59,17 +59,17 @@ impl TinyModel {
         let embed = matrix(c.vocab_size, h, 1.0);
         let mut layers = Vec::with_capacity(c.n_layers);
         for _ in 0..c.n_layers {
-            layers.push(LayerWeights {
-                attn_norm: Tensor::ones([h], device),
-                wq: matrix(h, q, fan(h)),
-                wk: matrix(h, kv, fan(h)),
-                wv: matrix(h, kv, fan(h)),
-                wo: matrix(q, h, fan(q)),
-                mlp_norm: Tensor::ones([h], device),
-                w_gate: matrix(h, f, fan(h)),
-                w_up: matrix(h, f, fan(h)),
-                w_down: matrix(f, h, fan(f)),
-            });
+            layers.push(LayerWeights::llama(
+                Tensor::ones([h], device),
+                matrix(h, q, fan(h)),
+                matrix(h, kv, fan(h)),
+                matrix(h, kv, fan(h)),
+                matrix(q, h, fan(q)),
+                Tensor::ones([h], device),
+                matrix(h, f, fan(h)),
+                matrix(h, f, fan(h)),
+                matrix(f, h, fan(f)),
+            ));
         }
         let lm_head = matrix(h, c.vocab_size, fan(h));
         Transformer::new(

@@ -132,34 +132,23 @@ impl HfWeights {
         let layers = (0..LAYERS)
             .map(|l| {
                 let n = |t: &str| format!("blk.{l}.{t}.weight");
-                LayerWeights {
-                    attn_norm: vec1(&n("attn_norm")),
-                    wq: lin(&n("attn_q"), q, HIDDEN),
-                    wk: lin(&n("attn_k"), kv, HIDDEN),
-                    wv: lin(&n("attn_v"), kv, HIDDEN),
-                    wo: lin(&n("attn_output"), HIDDEN, q),
-                    mlp_norm: vec1(&n("ffn_norm")),
-                    w_gate: lin(&n("ffn_gate"), FFN, HIDDEN),
-                    w_up: lin(&n("ffn_up"), FFN, HIDDEN),
-                    w_down: lin(&n("ffn_down"), HIDDEN, FFN),
-                }
+                LayerWeights::llama(
+                    vec1(&n("attn_norm")),
+                    lin(&n("attn_q"), q, HIDDEN),
+                    lin(&n("attn_k"), kv, HIDDEN),
+                    lin(&n("attn_v"), kv, HIDDEN),
+                    lin(&n("attn_output"), HIDDEN, q),
+                    vec1(&n("ffn_norm")),
+                    lin(&n("ffn_gate"), FFN, HIDDEN),
+                    lin(&n("ffn_up"), FFN, HIDDEN),
+                    lin(&n("ffn_down"), HIDDEN, FFN),
+                )
             })
             .collect();
         let embed = self.get("token_embd.weight").to_vec();
-        let config = TransformerConfig {
-            vocab_size: VOCAB,
-            hidden_size: HIDDEN,
-            intermediate_size: FFN,
-            n_layers: LAYERS,
-            n_heads: HEADS,
-            n_kv_heads: KV_HEADS,
-            head_dim: HEAD_DIM,
-            rope_theta: 10000.0,
-            rms_norm_eps: 1e-5,
-            max_context: 256,
-            tie_embeddings: true,
-            sliding_window: None,
-        };
+        let config = TransformerConfig::llama(
+            VOCAB, HIDDEN, FFN, LAYERS, HEADS, KV_HEADS, HEAD_DIM, 10000.0, 1e-5, 256, true, None,
+        );
         Transformer::new(
             config,
             "reference",
