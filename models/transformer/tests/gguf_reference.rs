@@ -57,7 +57,13 @@ fn logits_and_greedy(m: &LoadedModel<Flex>, prompt: &[u32], n: usize) -> (Vec<f3
     let first = logits.clone().into_data().to_vec::<f32>().unwrap();
     let mut out = Vec::new();
     for step in 0..n {
-        let id = logits.clone().argmax(1).into_data().iter::<i64>().next().unwrap() as u32;
+        let id = logits
+            .clone()
+            .argmax(1)
+            .into_data()
+            .iter::<i64>()
+            .next()
+            .unwrap() as u32;
         out.push(id);
         if step + 1 < n {
             logits = model

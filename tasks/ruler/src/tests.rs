@@ -219,7 +219,7 @@ fn vt_cwe_fwe_answers_are_recoverable_from_the_context() {
         *counts.entry(w).or_default() += 1;
     }
     let mut ranked: Vec<(&str, usize)> = counts.into_iter().collect();
-    ranked.sort_by(|a, b| b.1.cmp(&a.1));
+    ranked.sort_by_key(|r| std::cmp::Reverse(r.1));
     assert_eq!(ranked[0].0, "...");
     let top: Vec<&str> = ranked[1..4].iter().map(|r| r.0).collect();
     assert_eq!(
