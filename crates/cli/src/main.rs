@@ -81,9 +81,10 @@ enum Command {
         #[arg(long, default_value_t = true, action = clap::ArgAction::Set, value_name = "BOOL")]
         chat: bool,
     },
-    /// Download a pretrained model's weights into the cache (e.g. `longctx fetch smollm2-135m`).
+    /// Download a pretrained model's weights (e.g. `smollm2-135m`, `gemma3-270m`) or a data set
+    /// (`essays`, `ruler-words`) into the cache.
     Fetch {
-        /// Registered model name (see `longctx list`).
+        /// Registered model name (see `longctx list`), or a data set: essays, ruler-words.
         model: String,
         /// Model parameter as name=value (repeatable), e.g. --model-param cache_dir=/data.
         #[arg(long = "model-param", value_name = "NAME=VALUE")]

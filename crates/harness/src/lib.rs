@@ -9,4 +9,4 @@ pub use provenance::{Provenance, BURN_VERSION};
 pub use record::{
     write_record_atomically, Aggregate, MemorySummary, RunRecord, SampleRecord, TimingSummary,
 };
-pub use run::{config_hash, record_path, run_cell, CellConfig, Component};
+pub use run::{config_hash, prompt_text, record_path, run_cell, CellConfig, Component};

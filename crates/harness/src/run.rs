@@ -7,7 +7,7 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
 use longctx_backend::{BackendInfo, BackendKind};
-use longctx_core::{Budget, LayerSpec, Params, RawParams, Registry, Result, Sample};
+use longctx_core::{Budget, LayerSpec, Params, RawParams, Registry, Result, Sample, TextTokenizer};
 use longctx_engine::{generate, score_continuation, GenerationConfig, Sampling};
 
 use crate::provenance::Provenance;
@@ -111,6 +111,22 @@ fn mean(v: impl Iterator<Item = f64>) -> Option<f64> {
     (n > 0).then(|| s / n as f64)
 }
 
+/// The text a sample's prompt is encoded from: with the model's chat template around
+/// instruction, context and question when the sample asks for it and the model has one (the
+/// answer prefix then follows the template), else [`Sample::prompt`].
+pub fn prompt_text(sample: &Sample, tokenizer: &dyn TextTokenizer) -> String {
+    if sample.chat_template {
+        let message = format!(
+            "{}{}{}",
+            sample.instruction, sample.context, sample.question
+        );
+        if let Some(chat) = tokenizer.chat_prompt(&message) {
+            return format!("{chat}{}", sample.answer_prefix);
+        }
+    }
+    sample.prompt()
+}
+
 /// Runs every sample of the cell on `device` and returns the record (not yet written).
 /// `progress` receives one line per finished sample.
 pub fn run_cell<B: Backend>(
@@ -130,7 +146,7 @@ pub fn run_cell<B: Backend>(
 
     let mut dataset = Sha256::new();
     for s in &samples {
-        dataset.update(s.prompt().as_bytes());
+        dataset.update(prompt_text(s, tokenizer).as_bytes());
         for r in &s.references {
             dataset.update(r.as_bytes());
         }
@@ -146,7 +162,7 @@ pub fn run_cell<B: Backend>(
 
     let mut records = Vec::with_capacity(samples.len());
     for (i, sample) in samples.iter().enumerate() {
-        let prompt_text = sample.prompt();
+        let prompt_text = prompt_text(sample, tokenizer);
         let prompt = tokenizer.encode(&prompt_text, true)?;
         let (out, prediction, scores) = match &sample.continuation {
             // Likelihood sample: score the given text under teacher forcing.
@@ -291,6 +307,50 @@ mod tests {
     use super::*;
     use burn::backend::Flex;
     use longctx_backend::BackendKind;
+
+    /// Byte-level tokenizer with a chat template, for the prompt-text test.
+    struct Chatty;
+    impl TextTokenizer for Chatty {
+        fn encode(&self, text: &str, add_special: bool) -> Result<Vec<u32>> {
+            longctx_core::ByteTokenizer.encode(text, add_special)
+        }
+        fn decode(&self, ids: &[u32]) -> Result<String> {
+            longctx_core::ByteTokenizer.decode(ids)
+        }
+        fn vocab_size(&self) -> usize {
+            259
+        }
+        fn stop_tokens(&self) -> Vec<u32> {
+            vec![2]
+        }
+        fn chat_prompt(&self, message: &str) -> Option<String> {
+            Some(format!("<user>{message}</user><bot>"))
+        }
+    }
+
+    #[test]
+    fn the_chat_template_wraps_the_prompt_only_when_the_sample_asks() {
+        let mut sample = Sample {
+            id: "s".into(),
+            instruction: "I ".into(),
+            context: "C ".into(),
+            question: "Q?".into(),
+            answer_prefix: " A:".into(),
+            references: vec![],
+            max_new_tokens: 1,
+            chat_template: false,
+            metadata: Default::default(),
+            continuation: None,
+        };
+        assert_eq!(prompt_text(&sample, &Chatty), "I C Q? A:");
+        sample.chat_template = true;
+        assert_eq!(prompt_text(&sample, &Chatty), "<user>I C Q?</user><bot> A:");
+        // A model without a template gets the plain prompt.
+        assert_eq!(
+            prompt_text(&sample, &longctx_core::ByteTokenizer),
+            "I C Q? A:"
+        );
+    }
 
     fn config(lengths: &str) -> (Registry<Flex>, CellConfig) {
         let registry = longctx_registry::builtin::<Flex>();

@@ -1,0 +1,26 @@
+//! Group-wise KV-cache quantization with real memory savings.
+//!
+//! - [`packing`]: codes bit-packed into the backend's integer words (tensor ops on the device);
+//! - [`quantizer`]: asymmetric/symmetric min-max quantization per group of channels (token
+//!   axis) or of tokens (channel axis), scales and minima stored in 16-bit floats;
+//! - [`store`]: an append-only device store of quantized tokens;
+//! - [`cache`]: [`QuantKvCache`], the quantized prefix plus a full-precision residual, with
+//!   KIVI's bookkeeping; the `kivi`, `flexgen` and `int8` methods configure it;
+//! - [`memory`]: the paper's formula ratio, the bytes the packing should take, and reports of
+//!   measured bytes against a 16-bit full cache.
+
+pub mod cache;
+pub mod memory;
+pub mod method;
+pub mod packing;
+pub mod quantizer;
+pub mod store;
+#[cfg(feature = "testing")]
+pub mod testing;
+
+pub use cache::{QuantCacheConfig, QuantKvCache, ResidualPrecision};
+pub use memory::{formula_ratio, packed_bytes, MemoryReport, StoredWidths};
+pub use method::QuantMethod;
+pub use packing::WordLayout;
+pub use quantizer::{QuantAxis, QuantScheme, QuantSpec, QuantizedChunk, Quantizer};
+pub use store::QuantStore;

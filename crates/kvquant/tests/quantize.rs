@@ -1,0 +1,297 @@
+//! Packing and quantization round trips on flex, ndarray and wgpu.
+
+mod common;
+
+use burn::backend::{Flex, NdArray, Wgpu};
+use burn::tensor::{backend::Backend, FloatDType, Int, Tensor, TensorData};
+
+use common::*;
+use longctx_kvquant::{QuantAxis, QuantScheme, QuantSpec, Quantizer, WordLayout};
+
+fn wgpu_available() -> bool {
+    let probe = std::panic::catch_unwind(|| {
+        Tensor::<Wgpu, 1>::ones([2], &Default::default())
+            .sum()
+            .into_scalar()
+    });
+    match probe {
+        Ok(_) => true,
+        Err(_) if std::env::var("LONGCTX_SKIP_WGPU").is_ok() => {
+            eprintln!("skipping wgpu: no usable Vulkan device");
+            false
+        }
+        Err(_) => {
+            panic!("wgpu is not usable; install mesa-vulkan-drivers, or set LONGCTX_SKIP_WGPU=1")
+        }
+    }
+}
+
+/// Every bit width, a ragged tail (`n` not a multiple of the codes per word), all code values
+/// including the top one (which reaches the word's sign bit).
+fn packing_round_trips<B: Backend>() {
+    let device = Default::default();
+    for bits in 1..=8 {
+        let layout = WordLayout::for_backend::<B>(bits, &device);
+        assert_eq!(
+            layout.word_bytes(),
+            4,
+            "{bits}-bit codes not in 32-bit words"
+        );
+        for n in [
+            1,
+            layout.codes_per_word(),
+            37,
+            64,
+            3 * layout.codes_per_word() + 1,
+        ] {
+            let max = (1u32 << bits) - 1;
+            let codes: Vec<i32> = (0..2 * 3 * n)
+                .map(|i| ((i * 7 + i / 3) as u32 % (max + 1)) as i32)
+                .collect();
+            let mut codes = codes;
+            codes[0] = max as i32; // the top code in the lowest field...
+            let last = codes.len() - 1;
+            codes[last] = max as i32; // ...and wherever the last one lands
+            let t = Tensor::<B, 4, Int>::from_data(
+                TensorData::new(codes.clone(), [1, 2, 3, n]),
+                &device,
+            );
+            let packed = layout.pack(t);
+            assert_eq!(packed.dims(), [1, 2, 3, layout.words_for(n)]);
+            let back = layout.unpack(packed, n).into_data().convert::<i32>();
+            assert_eq!(back.to_vec::<i32>().unwrap(), codes, "bits {bits}, n {n}");
+        }
+    }
+}
+
+#[test]
+fn packing_round_trips_flex() {
+    packing_round_trips::<Flex>();
+}
+
+#[test]
+fn packing_round_trips_ndarray() {
+    packing_round_trips::<NdArray>();
+}
+
+#[test]
+fn packing_round_trips_wgpu() {
+    if wgpu_available() {
+        packing_round_trips::<Wgpu>();
+    }
+}
+
+fn spec(bits: usize, group_size: usize, axis: QuantAxis, scheme: QuantScheme) -> QuantSpec {
+    QuantSpec {
+        bits,
+        group_size,
+        axis,
+        scheme,
+    }
+}
+
+/// Per element `|x - x̂| <= step/2`, up to the f16 rounding of the minimum (which can push an
+/// extreme element just outside the representable range); and the result equals the
+/// independent host reference.
+fn round_trip_within_half_step<B: Backend>(exact: bool) {
+    let (h, t, d) = (2, 64, 40); // 40 channels: a ragged last group of 8 when grouped by 32
+    let x = data(h, t, d, 7);
+    for bits in [2, 4, 8] {
+        for (axis, group) in [
+            (QuantAxis::Token, 32),
+            (QuantAxis::Token, 0),
+            (QuantAxis::Channel, 32),
+        ] {
+            let q = Quantizer::new::<B>(
+                spec(bits, group, axis, QuantScheme::Asymmetric),
+                &Default::default(),
+            );
+            let chunk = q.quantize(tensor::<B>(&x, h, t, d)).unwrap();
+            let back = values(q.dequantize(&chunk, t, d, FloatDType::F32));
+            let mut reference = vec![0.0; x.len()];
+            match axis {
+                QuantAxis::Token => {
+                    let g = if group == 0 { d } else { group };
+                    reference_per_token(&x, &mut reference, (h, t, d), (0, t), bits, g)
+                }
+                QuantAxis::Channel => {
+                    reference_per_channel(&x, &mut reference, (h, t, d), (0, t), bits, group)
+                }
+            }
+            let tol = if exact { 0.0 } else { 1e-5 };
+            assert!(
+                max_abs_diff(&back, &reference) <= tol,
+                "{bits}-bit {axis:?} g{group}: differs from the reference by {}",
+                max_abs_diff(&back, &reference)
+            );
+            // Half a step per group, from the reference's stored step sizes.
+            let qmax = ((1u32 << bits) - 1) as f32;
+            for hh in 0..h {
+                for tt in 0..t {
+                    for c in 0..d {
+                        let i = at(t, d, hh, tt, c);
+                        let group_values: Vec<f32> = match axis {
+                            QuantAxis::Token => {
+                                let g = if group == 0 { d } else { group };
+                                let g0 = c / g * g;
+                                (g0..(g0 + g).min(d))
+                                    .map(|cc| x[at(t, d, hh, tt, cc)])
+                                    .collect()
+                            }
+                            QuantAxis::Channel => {
+                                let t0 = tt / group * group;
+                                (t0..t0 + group).map(|u| x[at(t, d, hh, u, c)]).collect()
+                            }
+                        };
+                        let min = group_values.iter().cloned().fold(f32::INFINITY, f32::min);
+                        let max = group_values
+                            .iter()
+                            .cloned()
+                            .fold(f32::NEG_INFINITY, f32::max);
+                        let step = round_f16((max - min) / qmax);
+                        let f16_slack = (round_f16(min) - min).abs() + 1e-6;
+                        assert!(
+                            (back[i] - x[i]).abs() <= step / 2.0 + f16_slack + tol,
+                            "{bits}-bit {axis:?}: element ({hh},{tt},{c}) off by {} > half step {}",
+                            (back[i] - x[i]).abs(),
+                            step / 2.0
+                        );
+                    }
+                }
+            }
+        }
+    }
+}
+
+#[test]
+fn round_trip_within_half_step_flex() {
+    round_trip_within_half_step::<Flex>(true);
+}
+
+#[test]
+fn round_trip_within_half_step_ndarray() {
+    round_trip_within_half_step::<NdArray>(false);
+}
+
+#[test]
+fn round_trip_within_half_step_wgpu() {
+    if wgpu_available() {
+        round_trip_within_half_step::<Wgpu>(false);
+    }
+}
+
+/// A group's parameters come only from its own elements: a huge value in one group leaves the
+/// neighbouring group (across the boundary) exact to its own small step.
+#[test]
+fn groups_end_at_their_boundaries() {
+    type B = Flex;
+    let (h, t, d) = (1, 64, 64);
+    let mut x = data(h, t, d, 3);
+    for v in x.iter_mut() {
+        *v *= 0.01;
+    }
+    // Token axis: channel 31 (last of group 0) of token 5 is huge; channel 32 starts group 1.
+    x[at(t, d, 0, 5, 31)] = 1000.0;
+    // Channel axis: token 31 (last of token-group 0) of channel 9 is huge.
+    x[at(t, d, 0, 31, 9)] = -1000.0;
+    for (axis, huge_group, calm) in [
+        (QuantAxis::Token, (5, 0..32), (5, 32..64)),
+        (QuantAxis::Channel, (9, 0..32), (9, 32..64)),
+    ] {
+        let q = Quantizer::new::<B>(
+            spec(2, 32, axis, QuantScheme::Asymmetric),
+            &Default::default(),
+        );
+        let back = values(q.dequantize(
+            &q.quantize(tensor::<B>(&x, h, t, d)).unwrap(),
+            t,
+            d,
+            FloatDType::F32,
+        ));
+        let idx = |fixed: usize, i: usize| match axis {
+            QuantAxis::Token => at(t, d, 0, fixed, i),
+            QuantAxis::Channel => at(t, d, 0, i, fixed),
+        };
+        let calm_err = calm
+            .1
+            .clone()
+            .map(|i| (back[idx(calm.0, i)] - x[idx(calm.0, i)]).abs())
+            .fold(0.0, f32::max);
+        let huge_err = huge_group
+            .1
+            .clone()
+            .map(|i| (back[idx(huge_group.0, i)] - x[idx(huge_group.0, i)]).abs())
+            .fold(0.0, f32::max);
+        assert!(
+            calm_err < 0.02,
+            "{axis:?}: the group after the boundary has error {calm_err}"
+        );
+        assert!(
+            huge_err > 1.0,
+            "{axis:?}: the group with the outlier should be coarse ({huge_err})"
+        );
+    }
+}
+
+/// Symmetric int8 per token: half a step of `max|x| / 127`, zero stays zero.
+#[test]
+fn symmetric_8_bit_round_trip() {
+    type B = Flex;
+    let (h, t, d) = (2, 16, 64);
+    let mut x = data(h, t, d, 11);
+    x[0] = 0.0;
+    let q = Quantizer::new::<B>(
+        spec(8, 0, QuantAxis::Token, QuantScheme::Symmetric),
+        &Default::default(),
+    );
+    let chunk = q.quantize(tensor::<B>(&x, h, t, d)).unwrap();
+    assert!(chunk.mins.is_none());
+    assert_eq!(chunk.scales.dims(), [1, h, t, 1]);
+    assert_eq!(chunk.codes.dims(), [1, h, t, 16]); // 64 codes, 4 per word
+    let back = values(q.dequantize(&chunk, t, d, FloatDType::F32));
+    assert_eq!(back[0], 0.0);
+    for hh in 0..h {
+        for tt in 0..t {
+            let row: Vec<f32> = (0..d).map(|c| x[at(t, d, hh, tt, c)]).collect();
+            let step = round_f16(row.iter().fold(0.0f32, |m, v| m.max(v.abs())) / 127.0);
+            for c in 0..d {
+                let i = at(t, d, hh, tt, c);
+                assert!(
+                    (back[i] - x[i]).abs() <= step / 2.0 * 1.001,
+                    "({hh},{tt},{c})"
+                );
+            }
+        }
+    }
+}
+
+#[test]
+fn bad_specs_are_errors() {
+    let err = spec(9, 32, QuantAxis::Token, QuantScheme::Asymmetric)
+        .validate("kivi keys")
+        .unwrap_err();
+    assert!(
+        err.to_string()
+            .contains("kivi keys: bits = 9 is out of range 1..=8"),
+        "{err}"
+    );
+    let err = spec(2, 0, QuantAxis::Channel, QuantScheme::Asymmetric)
+        .validate("kivi keys")
+        .unwrap_err();
+    assert!(
+        err.to_string().contains("group_size must be positive"),
+        "{err}"
+    );
+    let q = Quantizer::new::<Flex>(
+        spec(2, 32, QuantAxis::Channel, QuantScheme::Asymmetric),
+        &Default::default(),
+    );
+    let err = q
+        .quantize(tensor::<Flex>(&data(1, 33, 8, 1), 1, 33, 8))
+        .unwrap_err();
+    assert!(
+        err.to_string()
+            .contains("33 tokens: not a multiple of group_size 32"),
+        "{err}"
+    );
+}

@@ -1,0 +1,98 @@
+//! `flexgen` on the tiny model: flex, ndarray and wgpu agree; `quantize_prefill` decides
+//! whether prefill attention sees quantized keys/values; the bytes held are what the packing
+//! should take.
+
+use burn::backend::{Flex, NdArray, Wgpu};
+use burn::tensor::backend::Backend;
+
+use longctx_core::tensor_util::max_relative_error;
+use longctx_core::{KvMethod, MethodDescriptor, Params, RawParams};
+use longctx_kvquant::testing::*;
+use longctx_kvquant::{packed_bytes, StoredWidths};
+use longctx_method_flexgen::FlexGen;
+
+const PROMPT: usize = 512;
+const DECODE: usize = 16;
+const CROSS_BACKEND: f64 = 1e-3;
+
+fn params(given: &[(&str, &str)]) -> Params {
+    let given: RawParams = given
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
+    Params::resolve(FlexGen::NAME, &FlexGen::params(), &given).unwrap()
+}
+
+fn method<B: Backend>(quantize_prefill: &str) -> Box<dyn KvMethod<B>> {
+    FlexGen::build::<B>(&params(&[("quantize_prefill", quantize_prefill)])).unwrap()
+}
+
+fn run<B: Backend>(quantize_prefill: &str) -> ForcedRun {
+    let model = tiny_model::<B>(&Default::default());
+    teacher_forced(
+        &model,
+        method::<B>(quantize_prefill).as_ref(),
+        PROMPT,
+        DECODE,
+    )
+}
+
+#[test]
+fn flexgen_on_flex_and_ndarray() {
+    let model = tiny_model::<Flex>(&Default::default());
+    let vocab = model.config.vocab_size;
+    let full = teacher_forced_full(&model, PROMPT, DECODE);
+    for (quantize_prefill, prefill_exact) in [("true", false), ("false", true)] {
+        let flex = run::<Flex>(quantize_prefill);
+        let ndarray = run::<NdArray>(quantize_prefill);
+        let err = max_relative_error(&ndarray.logits, &flex.logits);
+        assert!(
+            err <= CROSS_BACKEND,
+            "quantize_prefill={quantize_prefill}: ndarray vs flex {err}"
+        );
+        let prefill = max_relative_error(&flex.logits[..vocab], &full.logits[..vocab]);
+        assert_eq!(
+            prefill <= 1e-6,
+            prefill_exact,
+            "quantize_prefill={quantize_prefill}: prefill vs full {prefill}"
+        );
+        let decode = max_relative_error(&flex.logits[vocab..], &full.logits[vocab..]);
+        assert!(decode > 1e-5 && decode < 0.5, "decode vs full {decode}");
+        let config = FlexGen::config(&params(&[("quantize_prefill", quantize_prefill)])).unwrap();
+        let widths = StoredWidths {
+            word: 4,
+            param: 2,
+            residual: 2,
+        };
+        for (layer, &bytes) in attention_layers(&model)
+            .iter()
+            .zip(&flex.bytes_after_prefill)
+        {
+            assert_eq!(bytes, packed_bytes(&config, layer, PROMPT, widths));
+        }
+    }
+}
+
+#[test]
+fn flexgen_on_wgpu_matches_flex() {
+    if !wgpu_available() {
+        return;
+    }
+    let (flex, wgpu) = (run::<Flex>("true"), run::<Wgpu>("true"));
+    let err = max_relative_error(&wgpu.logits, &flex.logits);
+    assert!(err <= CROSS_BACKEND, "wgpu vs flex {err}");
+    assert_eq!(wgpu.bytes_end, flex.bytes_end);
+}
+
+#[test]
+fn flexgen_through_the_runner() {
+    let model = tiny_model::<Flex>(&Default::default());
+    let result = generate_greedy(&model, method::<Flex>("true").as_ref(), 256, 8);
+    assert_eq!(result.tokens.len(), 8);
+    // 256 tokens, 4-bit codes of 64 channels in 8 words, 2 groups with f16 scale and minimum.
+    let per_token_and_head = 8 * 4 + 2 * 2 * 2;
+    assert_eq!(
+        result.state_bytes_after_prefill,
+        vec![2 * 2 * 256 * per_token_and_head; 2]
+    );
+}

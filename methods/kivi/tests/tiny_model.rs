@@ -1,0 +1,131 @@
+//! `kivi` on the tiny model: flex, ndarray and wgpu agree; prefill attention is exactly the
+//! full cache's; the bytes held are what the packing should take.
+
+use burn::backend::{Flex, NdArray, Wgpu};
+use burn::tensor::backend::Backend;
+
+use longctx_core::tensor_util::max_relative_error;
+use longctx_core::{KvMethod, MethodDescriptor, Params, RawParams};
+use longctx_kvquant::testing::*;
+use longctx_kvquant::{packed_bytes, StoredWidths};
+use longctx_method_kivi::Kivi;
+
+const PROMPT: usize = 512;
+const DECODE: usize = 140; // crosses a 128-token key block
+const CROSS_BACKEND: f64 = 1e-3;
+
+fn params(given: &[(&str, &str)]) -> Params {
+    let given: RawParams = given
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
+    Params::resolve(Kivi::NAME, &Kivi::params(), &given).unwrap()
+}
+
+fn method<B: Backend>(bits: &str) -> Box<dyn KvMethod<B>> {
+    Kivi::build::<B>(&params(&[("bits", bits)])).unwrap()
+}
+
+fn run<B: Backend>(bits: &str) -> ForcedRun {
+    let model = tiny_model::<B>(&Default::default());
+    teacher_forced(&model, method::<B>(bits).as_ref(), PROMPT, DECODE)
+}
+
+#[test]
+fn kivi_on_flex_and_ndarray() {
+    let model = tiny_model::<Flex>(&Default::default());
+    let vocab = model.config.vocab_size;
+    let full = teacher_forced_full(&model, PROMPT, DECODE);
+    for bits in ["2", "4"] {
+        let flex = run::<Flex>(bits);
+        let ndarray = run::<NdArray>(bits);
+        let err = max_relative_error(&ndarray.logits, &flex.logits);
+        assert!(err <= CROSS_BACKEND, "{bits}-bit: ndarray vs flex {err}");
+        // Prefill attention runs over full-precision keys/values.
+        let prefill = max_relative_error(&flex.logits[..vocab], &full.logits[..vocab]);
+        assert!(
+            prefill <= 1e-6,
+            "{bits}-bit: prefill logits differ from full by {prefill}"
+        );
+        // Decoding attends over the quantized cache.
+        let decode = max_relative_error(&flex.logits[vocab..], &full.logits[vocab..]);
+        assert!(
+            decode > 1e-4 && decode < 0.5,
+            "{bits}-bit: decode vs full {decode}"
+        );
+        // Bytes held: exactly what the packing takes (32-bit words, f16 scales/minima/residual).
+        let config = Kivi::config(&params(&[("bits", bits)])).unwrap();
+        let widths = StoredWidths {
+            word: 4,
+            param: 2,
+            residual: 2,
+        };
+        for (layer, &bytes) in attention_layers(&model)
+            .iter()
+            .zip(&flex.bytes_after_prefill)
+        {
+            assert_eq!(
+                bytes,
+                packed_bytes(&config, layer, PROMPT, widths),
+                "{bits}-bit"
+            );
+        }
+    }
+}
+
+#[test]
+fn kivi_on_wgpu_matches_flex() {
+    if !wgpu_available() {
+        return;
+    }
+    for bits in ["2", "4"] {
+        let (flex, wgpu) = (run::<Flex>(bits), run::<Wgpu>(bits));
+        let err = max_relative_error(&wgpu.logits, &flex.logits);
+        assert!(err <= CROSS_BACKEND, "{bits}-bit: wgpu vs flex {err}");
+        assert_eq!(wgpu.bytes_end, flex.bytes_end);
+    }
+}
+
+#[test]
+fn kivi_through_the_runner() {
+    let model = tiny_model::<Flex>(&Default::default());
+    let result = generate_greedy(&model, method::<Flex>("2").as_ref(), 300, 20);
+    assert_eq!(result.tokens.len(), 20);
+    assert_eq!(result.tokens_held_end, vec![Some(319); 2]);
+    let config = Kivi::config(&params(&[("bits", "2")])).unwrap();
+    let layers = attention_layers(&model);
+    // 300 tokens: keys 256 quantized + 44 fp, values 172 quantized + 128 fp; the stores hold
+    // capacity for whole 128-token steps, which is at most 128 tokens of codes.
+    let nominal = packed_bytes(
+        &config,
+        &layers[0],
+        300,
+        StoredWidths {
+            word: 4,
+            param: 2,
+            residual: 2,
+        },
+    );
+    let measured = result.state_bytes_after_prefill[0];
+    assert!(
+        measured >= nominal && measured <= nominal + 2 * 128 * 2 * (64 / 16 * 4 + 2 * 2 * 2),
+        "{measured} vs {nominal}"
+    );
+}
+
+#[test]
+fn bad_parameters_are_errors() {
+    let err = Kivi::build::<Flex>(&params(&[("residual_length", "100")]))
+        .err()
+        .unwrap()
+        .to_string();
+    assert!(
+        err.contains("residual_length (100) must be a positive multiple of group_size (32)"),
+        "{err}"
+    );
+    let err = Kivi::build::<Flex>(&params(&[("bits", "9")]))
+        .err()
+        .unwrap()
+        .to_string();
+    assert!(err.contains("bits = 9 is out of range"), "{err}");
+}
