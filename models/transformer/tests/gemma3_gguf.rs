@@ -10,7 +10,7 @@ use longctx_core::{
     Budget, CacheContext, CausalLm, LogitsSelection, MethodDescriptor, Params, RawParams,
     SequenceState,
 };
-use longctx_io::gguf::{GgufFile, MetadataArray};
+use longctx_io::gguf::GgufFile;
 use longctx_method_full::Full;
 use longctx_model_transformer::gguf::load_gguf;
 use longctx_model_transformer::pretrained::{default_cache_dir, GEMMA3_270M};
@@ -33,22 +33,6 @@ fn cached() -> Option<GgufFile> {
     Some(GgufFile::open(&path).unwrap())
 }
 
-/// Ids of SentencePiece pieces, looked up in the GGUF vocabulary.
-fn piece_ids(file: &GgufFile, pieces: &[&str]) -> Vec<u32> {
-    let MetadataArray::String(tokens) = file.get_array("tokenizer.ggml.tokens").unwrap() else {
-        panic!("tokenizer.ggml.tokens is not a string array");
-    };
-    pieces
-        .iter()
-        .map(|p| {
-            tokens
-                .iter()
-                .position(|t| t == p)
-                .unwrap_or_else(|| panic!("piece {p:?} not in the vocabulary")) as u32
-        })
-        .collect()
-}
-
 fn state(model: &Transformer<Flex>, prompt: usize) -> SequenceState<Flex> {
     let params = Params::resolve("full", &Full::params(), &RawParams::new()).unwrap();
     let method = Full::build::<Flex>(&params).unwrap();
@@ -60,18 +44,11 @@ fn state(model: &Transformer<Flex>, prompt: usize) -> SequenceState<Flex> {
     SequenceState::new(&model.info().layers, method.as_ref(), &ctx).unwrap()
 }
 
-fn argmax(logits: &[f32]) -> u32 {
-    logits
-        .iter()
-        .enumerate()
-        .max_by(|a, b| a.1.total_cmp(b.1))
-        .unwrap()
-        .0 as u32
-}
-
+/// The architecture read from the GGUF. Whether the numbers it computes are right is checked
+/// against transformers in `tests/gguf_reference.rs` (the pretrained base model's own greedy
+/// answer to "The capital of France is" is " the", in transformers too).
 #[test]
-#[ignore = "fails: greedy token is ' the' (id 506), not ' Paris'; no reference logits for the real model yet"]
-fn gemma3_270m_loads_and_completes_the_capital_of_france() {
+fn gemma3_270m_hyper_parameters_load() {
     let Some(file) = cached() else { return };
     let model =
         load_gguf::<Flex>(&file, "gemma3-270m", WeightDtype::F32, &Default::default()).unwrap();
@@ -84,21 +61,6 @@ fn gemma3_270m_loads_and_completes_the_capital_of_france() {
         .filter(|&i| c.layer_types[i] == LayerType::Global)
         .collect();
     assert_eq!(globals, [5, 11, 17]);
-
-    let prompt = piece_ids(
-        &file,
-        &["<bos>", "The", "▁capital", "▁of", "▁France", "▁is"],
-    );
-    let paris = piece_ids(&file, &["▁Paris"])[0];
-    let mut s = state(&model, prompt.len());
-    let pos: Vec<usize> = (0..prompt.len()).collect();
-    let logits: Vec<f32> = model
-        .forward(&prompt, &pos, &mut s, LogitsSelection::Last)
-        .unwrap()
-        .into_data()
-        .to_vec()
-        .unwrap();
-    assert_eq!(argmax(&logits), paris, "greedy next token is not ' Paris'");
 }
 
 #[test]
