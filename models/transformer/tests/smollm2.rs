@@ -3,13 +3,11 @@
 //! (`longctx fetch smollm2-135m`).
 
 use burn::backend::Flex;
-use longctx_core::{
-    Budget, CacheContext, LoadedModel, LogitsSelection, MethodDescriptor, Params, RawParams,
-    SequenceState,
-};
-use longctx_method_full::Full;
+use longctx_core::LoadedModel;
 use longctx_model_transformer::pretrained::{default_cache_dir, load_gguf_model};
 use longctx_model_transformer::SmolLm2;
+
+mod common;
 
 fn cached() -> Option<LoadedModel<Flex>> {
     let path = SmolLm2::cached_path(&default_cache_dir());
@@ -31,36 +29,7 @@ fn cached() -> Option<LoadedModel<Flex>> {
 
 /// Greedy decoding of `n` tokens after `prompt` with a full KV cache.
 fn greedy(m: &LoadedModel<Flex>, prompt: &[u32], n: usize) -> Vec<u32> {
-    let model = m.model.as_ref();
-    let params = Params::resolve("full", &Full::params(), &RawParams::new()).unwrap();
-    let method = Full::build::<Flex>(&params).unwrap();
-    let ctx = CacheContext {
-        budget: Budget::Unlimited,
-        prompt_tokens: prompt.len(),
-        n_layers: model.info().layers.len(),
-    };
-    let mut state = SequenceState::new(&model.info().layers, method.as_ref(), &ctx).unwrap();
-    let positions: Vec<usize> = (0..prompt.len()).collect();
-    let mut logits = model
-        .forward(prompt, &positions, &mut state, LogitsSelection::Last)
-        .unwrap();
-    let mut out = Vec::new();
-    for step in 0..n {
-        let id = logits.argmax(1).into_data().iter::<i64>().next().unwrap() as u32;
-        out.push(id);
-        if step + 1 == n {
-            break;
-        }
-        logits = model
-            .forward(
-                &[id],
-                &[prompt.len() + step],
-                &mut state,
-                LogitsSelection::Last,
-            )
-            .unwrap();
-    }
-    out
+    common::logits_and_greedy(m, prompt, n).1
 }
 
 #[test]
