@@ -11,7 +11,54 @@ use longctx_core::Registry;
 use longctx_engine::{generate as run_generation, GenerationConfig, Sampling};
 use longctx_harness::{record_path, run_cell, write_record_atomically, CellConfig, RunRecord};
 
+use crate::param_flags::{route_param_flags, ParamFlag, ParamOwner};
 use crate::ModelArgs;
+
+/// Routes `--NAME VALUE` shorthands to the model's, method's and (for `run`) task's parameter
+/// lists. Unknown model, method or task names are left for the registry to report.
+fn route_flags(
+    flags: &[ParamFlag],
+    args: &mut ModelArgs,
+    task: Option<(&str, &mut Vec<String>)>,
+) -> Result<()> {
+    if flags.is_empty() {
+        return Ok(());
+    }
+    // Parameter specs do not depend on the backend.
+    let r: Registry<Flex> = longctx_registry::builtin();
+    fn specs(params: Option<&Vec<longctx_core::ParamSpec>>) -> &[longctx_core::ParamSpec] {
+        params.map_or(&[], |p| &p[..])
+    }
+    let model_specs = specs(r.models().find(|e| e.name == args.model).map(|e| &e.params));
+    let method_specs = specs(
+        r.methods()
+            .find(|e| e.name == args.method)
+            .map(|e| &e.params),
+    );
+    let mut owners = vec![
+        ParamOwner {
+            kind: "model",
+            name: &args.model,
+            specs: model_specs,
+        },
+        ParamOwner {
+            kind: "method",
+            name: &args.method,
+            specs: method_specs,
+        },
+    ];
+    let mut targets: Vec<&mut Vec<String>> = vec![&mut args.model_params, &mut args.method_params];
+    if let Some((task_name, task_params)) = task {
+        let task_specs = specs(r.tasks().find(|e| e.name == task_name).map(|e| &e.params));
+        owners.push(ParamOwner {
+            kind: "task",
+            name: task_name,
+            specs: task_specs,
+        });
+        targets.push(task_params);
+    }
+    route_param_flags(flags, &owners, &mut targets)
+}
 
 fn param_lines(specs: &[longctx_core::ParamSpec]) -> String {
     specs
@@ -144,8 +191,10 @@ impl BackendJob for GenerateJob {
 }
 
 /// `longctx generate`.
+#[allow(clippy::too_many_arguments)]
 pub fn generate(
-    args: ModelArgs,
+    mut args: ModelArgs,
+    param_flags: &[ParamFlag],
     prompt: String,
     max_new_tokens: usize,
     temperature: f64,
@@ -153,6 +202,7 @@ pub fn generate(
     seed: u64,
     chat: bool,
 ) -> Result<()> {
+    route_flags(param_flags, &mut args, None)?;
     let sampling = if temperature > 0.0 {
         Sampling::Sample {
             temperature,
@@ -326,13 +376,15 @@ impl BackendJob for RunJob {
 
 /// `longctx run`.
 pub fn run(
-    args: ModelArgs,
+    mut args: ModelArgs,
     task: String,
-    task_params: Vec<String>,
+    mut task_params: Vec<String>,
+    param_flags: &[ParamFlag],
     out: PathBuf,
     force: bool,
     verbose: bool,
 ) -> Result<()> {
+    route_flags(param_flags, &mut args, Some((&task, &mut task_params)))?;
     let backend = args.backend;
     run_on(
         backend,
@@ -345,4 +397,17 @@ pub fn run(
             verbose,
         },
     )?
+}
+
+/// `longctx report`.
+pub fn report(records: &std::path::Path, out: &std::path::Path) -> Result<()> {
+    let files = longctx_report::write_report(records, out)?;
+    println!(
+        "{} records -> {} ({} heatmap files under {})",
+        files.records,
+        files.markdown.display(),
+        files.heatmaps.len(),
+        out.join("heatmaps").display()
+    );
+    Ok(())
 }

@@ -3,11 +3,12 @@
 mod backends_check;
 mod bench_perf;
 mod commands;
+mod param_flags;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use clap::{Args, Parser, Subcommand};
+use clap::{Args, CommandFactory, Parser, Subcommand};
 
 use longctx_backend::BackendKind;
 use longctx_core::Budget;
@@ -16,7 +17,8 @@ use longctx_core::Budget;
 #[command(
     name = "longctx",
     version,
-    about = "Benchmark long-context LLM methods (KV-cache compression, token dropping, prompt compression) on real models, on CPU, WGPU or CUDA."
+    about = "Benchmark long-context LLM methods (KV-cache compression, token dropping, prompt compression) on real models, on CPU, WGPU or CUDA.",
+    after_help = "`run` and `generate` also take any parameter of the chosen task, method or model as `--NAME VALUE` (e.g. `--lengths 1000,2000 --bits 2`); see `longctx list`."
 )]
 struct Cli {
     #[command(subcommand)]
@@ -110,6 +112,16 @@ enum Command {
         #[arg(long)]
         verbose: bool,
     },
+    /// Render tables and needle heatmaps (length x depth, SVG and PNG) from the run records
+    /// under a directory; runs no model.
+    Report {
+        /// Directory searched (recursively) for run records.
+        #[arg(default_value = "results/runs")]
+        records: PathBuf,
+        /// Directory the report (report.md, heatmaps/) is written to.
+        #[arg(long, default_value = "results/report")]
+        out: PathBuf,
+    },
     /// Check that backends agree: tiny-model logits and incremental decoding against a reference
     /// backend; writes a JSON record.
     CheckBackends {
@@ -182,7 +194,14 @@ enum Command {
 }
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    // `--NAME VALUE` options that `run`/`generate` do not declare are parameter shorthands,
+    // routed to the task, method or model that declares NAME.
+    let (argv, param_flags) = param_flags::split_param_flags(
+        &Cli::command(),
+        std::env::args().collect(),
+        &["run", "generate"],
+    );
+    let cli = Cli::parse_from(argv);
     let result = match cli.command {
         Command::List { json } => commands::list(json),
         Command::Generate {
@@ -195,6 +214,7 @@ fn main() -> ExitCode {
             chat,
         } => commands::generate(
             model,
+            &param_flags,
             prompt,
             max_new_tokens,
             temperature,
@@ -213,7 +233,8 @@ fn main() -> ExitCode {
             out,
             force,
             verbose,
-        } => commands::run(model, task, task_params, out, force, verbose),
+        } => commands::run(model, task, task_params, &param_flags, out, force, verbose),
+        Command::Report { records, out } => commands::report(&records, &out),
         Command::CheckBackends {
             backends,
             reference,

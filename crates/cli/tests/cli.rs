@@ -34,7 +34,7 @@ fn bad_names_are_clear_errors() {
     let (ok, _, stderr) = longctx(&["run", "--method", "snapkvv"]);
     assert!(!ok);
     assert!(
-        stderr.contains("unknown method 'snapkvv'; valid methods: full"),
+        stderr.contains("unknown method 'snapkvv'; valid methods:"),
         "{stderr}"
     );
     let (ok, _, stderr) = longctx(&["run", "--task-param", "lenghts=5"]);
@@ -43,13 +43,19 @@ fn bad_names_are_clear_errors() {
         stderr.contains("task passkey has no parameter 'lenghts'"),
         "{stderr}"
     );
+    // A `--NAME VALUE` shorthand that names no parameter of the task, method or model.
+    let (ok, _, stderr) = longctx(&["run", "--task", "passkey", "--lenghts", "5"]);
+    assert!(!ok);
+    assert!(stderr.contains("unknown option '--lenghts'"), "{stderr}");
+    assert!(stderr.contains("task passkey: lengths, depths"), "{stderr}");
     let (ok, _, stderr) = longctx(&["run", "--backend", "tpu"]);
     assert!(!ok);
     assert!(stderr.contains("tpu"), "{stderr}");
 }
 
 /// The acceptance command: `longctx run --model tiny --method full --backend wgpu`,
-/// here with one short sample; then the same cell again is skipped, not lost.
+/// here with one short sample; then the same cell again (its parameters now given with
+/// `--task-param` instead of the `--NAME VALUE` shorthands) is skipped, not lost.
 #[test]
 fn run_on_wgpu_writes_a_record_and_skips_a_finished_cell() {
     if std::env::var("LONGCTX_SKIP_WGPU").is_ok() {
@@ -65,10 +71,9 @@ fn run_on_wgpu_writes_a_record_and_skips_a_finished_cell() {
         "full",
         "--backend",
         "wgpu",
-        "--task-param",
-        "lengths=300",
-        "--task-param",
-        "depths=0.5",
+        "--lengths",
+        "300",
+        "--depths=0.5",
         "--out",
         out,
     ];
@@ -88,7 +93,20 @@ fn run_on_wgpu_writes_a_record_and_skips_a_finished_cell() {
     assert_eq!(record["config"]["backend"], "wgpu");
     assert_eq!(record["samples"].as_array().unwrap().len(), 1);
     let modified = std::fs::metadata(&records[0]).unwrap().modified().unwrap();
-    let (ok, _, stderr) = longctx(&args);
+    let same_cell = [
+        "run",
+        "--model",
+        "tiny",
+        "--backend",
+        "wgpu",
+        "--task-param",
+        "lengths=300",
+        "--task-param",
+        "depths=0.5",
+        "--out",
+        out,
+    ];
+    let (ok, _, stderr) = longctx(&same_cell);
     assert!(ok);
     assert!(stderr.contains("not running again"), "{stderr}");
     assert_eq!(

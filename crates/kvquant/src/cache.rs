@@ -13,6 +13,8 @@
 //!
 //! The residual is kept as appended (model precision) until a flush point and in
 //! `residual_precision` afterwards, so prefill attention sees exactly the model's keys/values.
+//! Tokens are always quantized from their values in `residual_precision` (f16 by default), so
+//! what the store holds does not depend on how long a token waited in the residual.
 
 use burn::tensor::{backend::Backend, FloatDType, Tensor};
 use serde::{Deserialize, Serialize};
@@ -64,7 +66,8 @@ impl QuantCacheConfig {
         self.values.validate(&format!("{method} values"))?;
         for (what, spec) in [("keys", &self.keys), ("values", &self.values)] {
             if spec.axis == QuantAxis::Channel
-                && (self.residual_length == 0 || self.residual_length % spec.group_size != 0)
+                && (self.residual_length == 0
+                    || !self.residual_length.is_multiple_of(spec.group_size))
             {
                 return Err(Error::InvalidInput(format!(
                     "{method}: per-channel {what} are quantized in blocks of residual_length \
@@ -97,7 +100,17 @@ impl<B: Backend> Part<B> {
     }
 
     /// Moves the tokens the flush rule selects into the store; stores the rest in `stored`.
-    fn flush(&mut self, residual_length: usize, stored: FloatDType) -> Result<()> {
+    ///
+    /// Tokens are quantized from their values rounded to `stored` (then computed in
+    /// `model_dtype`), whether this is their first flush or they waited in the residual: the
+    /// quantized content is `Q(round_stored(x))` whatever the flush history, as in the paper's
+    /// fp16 pipeline where keys/values are fp16 before they are quantized.
+    fn flush(
+        &mut self,
+        residual_length: usize,
+        stored: FloatDType,
+        model_dtype: FloatDType,
+    ) -> Result<()> {
         let n = self.residual_len();
         let spec = self.store.quantizer().spec;
         let quantize = match spec.axis {
@@ -109,8 +122,8 @@ impl<B: Backend> Part<B> {
         };
         let [o, h, _, d] = r.dims();
         if quantize > 0 {
-            self.store
-                .push(r.clone().slice([0..o, 0..h, 0..quantize, 0..d]))?;
+            let chunk = r.clone().slice([0..o, 0..h, 0..quantize, 0..d]);
+            self.store.push(chunk.cast(stored).cast(model_dtype))?;
         }
         self.residual =
             (quantize < n).then(|| r.slice([0..o, 0..h, quantize..n, 0..d]).cast(stored));
@@ -183,8 +196,8 @@ impl<B: Backend> QuantKvCache<B> {
             return Ok(()); // nothing appended yet
         };
         let r = self.config.residual_length;
-        p.keys.flush(r, p.residual_dtype)?;
-        p.values.flush(r, p.residual_dtype)
+        p.keys.flush(r, p.residual_dtype, p.model_dtype)?;
+        p.values.flush(r, p.residual_dtype, p.model_dtype)
     }
 
     fn parts_for(&mut self, like: &Tensor<B, 4>) -> &mut Parts<B> {

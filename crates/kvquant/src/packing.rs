@@ -2,10 +2,12 @@
 //!
 //! A word holds `word_bits / bits` codes, code `j` in bits `[j*bits, (j+1)*bits)`. Words are
 //! signed integers of the backend (32-bit where the backend can store them, else its native
-//! width); shifting into the sign bit and arithmetic right shifts followed by a mask are both
-//! exact, so no unsigned type is needed.
+//! width). When the top field reaches the sign bit (1, 2, 4 and 8 bits in 32-bit words), its
+//! code is shifted in as the signed value `c - 2^bits` for `c >= 2^(bits-1)`: the bit pattern
+//! is the same, but no shift or sum ever leaves the word's signed range (ndarray checks that).
+//! Unpacking is an arithmetic right shift followed by a mask, exact for every field.
 
-use burn::tensor::{backend::Backend, Int, IntDType, Tensor, TensorData};
+use burn::tensor::{backend::Backend, DType, Int, IntDType, Tensor, TensorData};
 
 /// How codes of one bit width are laid out in the backend's integer words.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -17,27 +19,25 @@ pub struct WordLayout {
 }
 
 impl WordLayout {
-    /// The layout for `bits`-bit codes on backend `B`: 32-bit words if the backend can store
-    /// `i32` tensors, else whatever width it stores instead (counted as such everywhere).
+    /// The layout for `bits`-bit codes on backend `B`: 32-bit words if the backend supports
+    /// `i32` tensors, else its default integer type (counted at that width everywhere).
     pub fn for_backend<B: Backend>(bits: usize, device: &B::Device) -> Self {
-        let native = Tensor::<B, 1, Int>::zeros([1], device);
-        let native_dtype: IntDType = native.dtype().into();
-        // A backend without `i32` storage may panic on the cast: keep its native width then.
-        let word = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-            IntDType::from(native.cast(IntDType::I32).dtype())
-        }))
-        .unwrap_or(native_dtype);
+        let word = if B::supports_dtype(device, DType::I32) {
+            IntDType::I32
+        } else {
+            Tensor::<B, 1, Int>::zeros([1], device).dtype().into()
+        };
         Self { bits, word }
     }
 
     /// Bits in one word as stored.
     pub fn word_bits(&self) -> usize {
-        burn::tensor::DType::from(self.word).size() * 8
+        DType::from(self.word).size() * 8
     }
 
     /// Bytes of one word as stored.
     pub fn word_bytes(&self) -> usize {
-        burn::tensor::DType::from(self.word).size()
+        DType::from(self.word).size()
     }
 
     /// Codes held by one word.
@@ -74,10 +74,27 @@ impl WordLayout {
                 .cast(self.word);
             codes = Tensor::cat(vec![codes, pad], 3);
         }
-        // Fields do not overlap, so their sum is their bitwise OR; only the top field can reach
-        // the sign bit, so the sum never overflows.
+        let mut codes = codes.reshape([a, b, c, words, per_word]);
+        if per_word * self.bits == self.word_bits() {
+            // The top field holds the sign bit: store its codes `>= 2^(bits-1)` as
+            // `c - 2^bits` (same bits in two's complement, no signed overflow).
+            let top: Vec<i32> = (0..per_word)
+                .map(|j| if j + 1 == per_word { 1 << self.bits } else { 0 })
+                .collect();
+            let top = Tensor::<B, 1, Int>::from_data(TensorData::new(top, [per_word]), &device)
+                .cast(self.word)
+                .reshape([1, 1, 1, 1, per_word])
+                .expand([a, b, c, words, per_word]);
+            let high = codes
+                .clone()
+                .greater_equal_elem(1 << (self.bits - 1))
+                .int()
+                .cast(self.word);
+            codes = codes - high * top;
+        }
+        // Fields do not overlap, so their sum is their bitwise OR; every partial sum stays
+        // within the signed word.
         codes
-            .reshape([a, b, c, words, per_word])
             .bitwise_left_shift(self.shifts::<B>(&device).expand([a, b, c, words, per_word]))
             .sum_dim(4)
             .reshape([a, b, c, words])

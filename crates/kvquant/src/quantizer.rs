@@ -6,7 +6,8 @@
 //! and codes are computed from the stored (rounded) values, so `x̂` is what the stored buffers
 //! really reconstruct.
 
-use burn::tensor::{backend::Backend, FloatDType, Int, Tensor};
+use burn::tensor::backend::{Backend, DTypeUsage};
+use burn::tensor::{DType, FloatDType, Int, Tensor};
 use serde::{Deserialize, Serialize};
 
 use longctx_core::{tensor_util::tensor_bytes, Error, Result};
@@ -127,14 +128,11 @@ impl<B: Backend> QuantizedChunk<B> {
     }
 }
 
-/// The float type scales and minima are stored in: `f16` where the backend stores it, else the
-/// given fallback (which is then what memory accounting counts).
+/// The float type scales and minima are stored in: `f16` where the backend can store it (flex,
+/// wgpu, cuda; arithmetic always runs on values cast back to the compute type), else the given
+/// fallback (ndarray: f32), which is then what memory accounting counts.
 pub fn param_dtype<B: Backend>(device: &B::Device, fallback: FloatDType) -> FloatDType {
-    // A backend without `f16` storage may panic on the cast: keep the fallback then.
-    let is_f16 = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-        Tensor::<B, 1>::zeros([1], device).cast(FloatDType::F16).dtype() == burn::tensor::DType::F16
-    }));
-    if matches!(is_f16, Ok(true)) {
+    if B::dtype_usage(device, DType::F16).contains(DTypeUsage::Storage) {
         FloatDType::F16
     } else {
         fallback

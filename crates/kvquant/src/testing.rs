@@ -32,9 +32,9 @@ pub fn attention_layers<B: Backend>(model: &dyn CausalLm<B>) -> Vec<AttentionLay
     model
         .info()
         .layers
-        .into_iter()
+        .iter()
         .filter_map(|l| match l {
-            LayerSpec::Attention(a) => Some(a),
+            LayerSpec::Attention(a) => Some(a.clone()),
             LayerSpec::Recurrent(_) => None,
         })
         .collect()

@@ -59,10 +59,42 @@ fn measured(config: QuantCacheConfig) -> usize {
 fn measured_bytes_meet_the_nominal_ratio_at_10k_tokens() {
     let asym = QuantScheme::Asymmetric;
     let cases = [
-        ("kivi-2bit", config(spec(2, 32, QuantAxis::Channel, asym), spec(2, 32, QuantAxis::Token, asym), 128), Some(5.05)),
-        ("kivi-4bit", config(spec(4, 32, QuantAxis::Channel, asym), spec(4, 32, QuantAxis::Token, asym), 128), Some(3.11)),
-        ("flexgen-4bit", config(spec(4, 32, QuantAxis::Token, asym), spec(4, 32, QuantAxis::Token, asym), 0), Some(3.2)),
-        ("int8", config(spec(8, 0, QuantAxis::Token, QuantScheme::Symmetric), spec(8, 0, QuantAxis::Token, QuantScheme::Symmetric), 0), None),
+        (
+            "kivi-2bit",
+            config(
+                spec(2, 32, QuantAxis::Channel, asym),
+                spec(2, 32, QuantAxis::Token, asym),
+                128,
+            ),
+            Some(5.05),
+        ),
+        (
+            "kivi-4bit",
+            config(
+                spec(4, 32, QuantAxis::Channel, asym),
+                spec(4, 32, QuantAxis::Token, asym),
+                128,
+            ),
+            Some(3.11),
+        ),
+        (
+            "flexgen-4bit",
+            config(
+                spec(4, 32, QuantAxis::Token, asym),
+                spec(4, 32, QuantAxis::Token, asym),
+                0,
+            ),
+            Some(3.2),
+        ),
+        (
+            "int8",
+            config(
+                spec(8, 0, QuantAxis::Token, QuantScheme::Symmetric),
+                spec(8, 0, QuantAxis::Token, QuantScheme::Symmetric),
+                0,
+            ),
+            None,
+        ),
     ];
     let widths = StoredWidths {
         word: 4,
@@ -73,7 +105,11 @@ fn measured_bytes_meet_the_nominal_ratio_at_10k_tokens() {
     for (name, config, paper) in cases {
         let formula = formula_ratio(&config, LAYER.head_dim, TOKENS);
         if let Some(paper) = paper {
-            assert_eq!(format!("{formula:.2}"), format!("{paper:.2}"), "{name}: formula");
+            assert_eq!(
+                format!("{formula:.2}"),
+                format!("{paper:.2}"),
+                "{name}: formula"
+            );
         }
         let packed = packed_bytes(&config, &LAYER, TOKENS, widths);
         let bytes = measured(config);
@@ -87,7 +123,10 @@ fn measured_bytes_meet_the_nominal_ratio_at_10k_tokens() {
             bytes as f64 / packed as f64
         );
         // Spare capacity is at most one 128-token growth step of the stores.
-        assert!(bytes >= packed && bytes as f64 <= packed as f64 * 1.05, "{name}: {bytes} vs {packed}");
+        assert!(
+            bytes >= packed && bytes as f64 <= packed as f64 * 1.05,
+            "{name}: {bytes} vs {packed}"
+        );
         assert!(
             (report.total_ratio_vs_fp16 / formula - 1.0).abs() < 0.05,
             "{name}: measured ratio {} vs formula {formula}",

@@ -8,24 +8,6 @@ use burn::tensor::{backend::Backend, FloatDType, Int, Tensor, TensorData};
 use common::*;
 use longctx_kvquant::{QuantAxis, QuantScheme, QuantSpec, Quantizer, WordLayout};
 
-fn wgpu_available() -> bool {
-    let probe = std::panic::catch_unwind(|| {
-        Tensor::<Wgpu, 1>::ones([2], &Default::default())
-            .sum()
-            .into_scalar()
-    });
-    match probe {
-        Ok(_) => true,
-        Err(_) if std::env::var("LONGCTX_SKIP_WGPU").is_ok() => {
-            eprintln!("skipping wgpu: no usable Vulkan device");
-            false
-        }
-        Err(_) => {
-            panic!("wgpu is not usable; install mesa-vulkan-drivers, or set LONGCTX_SKIP_WGPU=1")
-        }
-    }
-}
-
 /// Every bit width, a ragged tail (`n` not a multiple of the codes per word), all code values
 /// including the top one (which reaches the word's sign bit).
 fn packing_round_trips<B: Backend>() {
@@ -108,14 +90,26 @@ fn round_trip_within_half_step<B: Backend>(exact: bool) {
             );
             let chunk = q.quantize(tensor::<B>(&x, h, t, d)).unwrap();
             let back = values(q.dequantize(&chunk, t, d, FloatDType::F32));
+            // Parameters are f16 where the backend stores f16 (flex, wgpu), f32 on ndarray.
+            let f16_params = q.param_dtype == FloatDType::F16;
             let mut reference = vec![0.0; x.len()];
             match axis {
                 QuantAxis::Token => {
                     let g = if group == 0 { d } else { group };
-                    reference_per_token(&x, &mut reference, (h, t, d), (0, t), bits, g)
+                    let shape = (h, t, d);
+                    reference_per_token(&x, &mut reference, shape, (0, t), bits, g, f16_params)
                 }
                 QuantAxis::Channel => {
-                    reference_per_channel(&x, &mut reference, (h, t, d), (0, t), bits, group)
+                    let shape = (h, t, d);
+                    reference_per_channel(
+                        &x,
+                        &mut reference,
+                        shape,
+                        (0, t),
+                        bits,
+                        group,
+                        f16_params,
+                    )
                 }
             }
             let tol = if exact { 0.0 } else { 1e-5 };
@@ -148,8 +142,8 @@ fn round_trip_within_half_step<B: Backend>(exact: bool) {
                             .iter()
                             .cloned()
                             .fold(f32::NEG_INFINITY, f32::max);
-                        let step = round_f16((max - min) / qmax);
-                        let f16_slack = (round_f16(min) - min).abs() + 1e-6;
+                        let step = stored_param((max - min) / qmax, f16_params);
+                        let f16_slack = (stored_param(min, f16_params) - min).abs() + 1e-6;
                         assert!(
                             (back[i] - x[i]).abs() <= step / 2.0 + f16_slack + tol,
                             "{bits}-bit {axis:?}: element ({hh},{tt},{c}) off by {} > half step {}",
@@ -165,6 +159,11 @@ fn round_trip_within_half_step<B: Backend>(exact: bool) {
 
 #[test]
 fn round_trip_within_half_step_flex() {
+    let q = Quantizer::new::<Flex>(
+        spec(2, 32, QuantAxis::Token, QuantScheme::Asymmetric),
+        &Default::default(),
+    );
+    assert_eq!(q.param_dtype, FloatDType::F16, "flex stores f16 parameters");
     round_trip_within_half_step::<Flex>(true);
 }
 
@@ -180,8 +179,9 @@ fn round_trip_within_half_step_wgpu() {
     }
 }
 
-/// A group's parameters come only from its own elements: a huge value in one group leaves the
-/// neighbouring group (across the boundary) exact to its own small step.
+/// A group's parameters come only from its own elements: a huge value in one group gives that
+/// group a huge step, while the neighbouring group (across the boundary) keeps the step of its
+/// own small values and stays within half of it.
 #[test]
 fn groups_end_at_their_boundaries() {
     type B = Flex;
@@ -194,41 +194,44 @@ fn groups_end_at_their_boundaries() {
     x[at(t, d, 0, 5, 31)] = 1000.0;
     // Channel axis: token 31 (last of token-group 0) of channel 9 is huge.
     x[at(t, d, 0, 31, 9)] = -1000.0;
-    for (axis, huge_group, calm) in [
-        (QuantAxis::Token, (5, 0..32), (5, 32..64)),
-        (QuantAxis::Channel, (9, 0..32), (9, 32..64)),
+    // (axis, fixed token/channel, elements of the calm group, flat index of the huge and of the
+    // calm group in `scales`: token axis `[1, 1, T, D/32]`, channel axis `[1, 1, T/32, D]`).
+    for (axis, fixed, calm, huge_param, calm_param) in [
+        (QuantAxis::Token, 5, 32..64, 5 * 2, 5 * 2 + 1),
+        (QuantAxis::Channel, 9, 32..64, 9, d + 9),
     ] {
         let q = Quantizer::new::<B>(
             spec(2, 32, axis, QuantScheme::Asymmetric),
             &Default::default(),
         );
-        let back = values(q.dequantize(
-            &q.quantize(tensor::<B>(&x, h, t, d)).unwrap(),
-            t,
-            d,
-            FloatDType::F32,
-        ));
-        let idx = |fixed: usize, i: usize| match axis {
+        let chunk = q.quantize(tensor::<B>(&x, h, t, d)).unwrap();
+        let scales = values(chunk.scales.clone().cast(FloatDType::F32));
+        let back = values(q.dequantize(&chunk, t, d, FloatDType::F32));
+        let idx = |i: usize| match axis {
             QuantAxis::Token => at(t, d, 0, fixed, i),
             QuantAxis::Channel => at(t, d, 0, i, fixed),
         };
-        let calm_err = calm
-            .1
-            .clone()
-            .map(|i| (back[idx(calm.0, i)] - x[idx(calm.0, i)]).abs())
-            .fold(0.0, f32::max);
-        let huge_err = huge_group
-            .1
-            .clone()
-            .map(|i| (back[idx(huge_group.0, i)] - x[idx(huge_group.0, i)]).abs())
-            .fold(0.0, f32::max);
+        // The calm group's own step (2 bits: range / 3) and the f16 rounding of its minimum.
+        let calm_values: Vec<f32> = calm.clone().map(|i| x[idx(i)]).collect();
+        let min = calm_values.iter().cloned().fold(f32::INFINITY, f32::min);
+        let max = calm_values
+            .iter()
+            .cloned()
+            .fold(f32::NEG_INFINITY, f32::max);
+        let calm_step = round_f16((max - min) / 3.0);
+        assert_eq!(scales[calm_param], calm_step, "{axis:?}: calm group's step");
         assert!(
-            calm_err < 0.02,
-            "{axis:?}: the group after the boundary has error {calm_err}"
+            scales[huge_param] > 300.0,
+            "{axis:?}: the group with the outlier should have a huge step ({})",
+            scales[huge_param]
         );
+        let calm_err = calm
+            .map(|i| (back[idx(i)] - x[idx(i)]).abs())
+            .fold(0.0, f32::max);
+        let half_step = calm_step / 2.0 + (round_f16(min) - min).abs();
         assert!(
-            huge_err > 1.0,
-            "{axis:?}: the group with the outlier should be coarse ({huge_err})"
+            calm_err <= half_step * 1.001 && half_step < 0.05,
+            "{axis:?}: the group after the boundary has error {calm_err} (its half step {half_step})"
         );
     }
 }

@@ -16,6 +16,9 @@ pub fn builtin<B: Backend>() -> Registry<B> {
     r.register_model::<longctx_model_transformer::LocalModel>();
     // KV methods
     r.register_method::<longctx_method_full::Full>();
+    r.register_method::<longctx_method_kivi::Kivi>();
+    r.register_method::<longctx_method_flexgen::FlexGen>();
+    r.register_method::<longctx_method_int8::Int8>();
     // Tasks
     r.register_task::<longctx_task_passkey::Passkey>();
     r.register_task::<longctx_task_niah::Niah>();
@@ -34,7 +37,16 @@ mod tests {
     #[test]
     fn builtins_are_listed_and_unknown_names_list_valid_ones() {
         let r = builtin::<Flex>();
-        assert!(r.methods().any(|m| m.name == "full"));
+        for method in ["full", "kivi", "flexgen", "int8"] {
+            assert!(r.methods().any(|m| m.name == method), "{method}");
+            // Every method builds from its defaults, under its own name.
+            let p = r.method_params(method, &RawParams::new()).unwrap();
+            assert_eq!(r.build_method(method, &p).unwrap().name(), method);
+        }
+        let p = r
+            .method_params("kivi", &RawParams::from([("bits".into(), "4".into())]))
+            .unwrap();
+        assert!(r.build_method("kivi", &p).is_ok());
         assert!(r.models().any(|m| m.name == "tiny"));
         assert!(r.models().any(|m| m.name == "smollm2-135m"));
         for task in ["passkey", "niah", "ruler", "longbench"] {
@@ -44,7 +56,10 @@ mod tests {
             .method_params("fulll", &RawParams::new())
             .unwrap_err()
             .to_string();
-        assert_eq!(err, "unknown method 'fulll'; valid methods: full");
+        assert_eq!(
+            err,
+            "unknown method 'fulll'; valid methods: flexgen, full, int8, kivi"
+        );
         let err = r
             .task_params(
                 "passkey",

@@ -1,6 +1,11 @@
 //! `flexgen` on the tiny model: flex, ndarray and wgpu agree; `quantize_prefill` decides
 //! whether prefill attention sees quantized keys/values; the bytes held are what the packing
 //! should take.
+//!
+//! Tolerances across backends: wgpu stores what flex stores (32-bit words, f16 scales and
+//! minima), so its logits match flex's to float rounding; ndarray has no f16 storage and keeps
+//! scales and minima in f32, so its logits differ from flex's by their f16 rounding, which must
+//! stay far below the quantization error itself.
 
 use burn::backend::{Flex, NdArray, Wgpu};
 use burn::tensor::backend::Backend;
@@ -11,9 +16,12 @@ use longctx_kvquant::testing::*;
 use longctx_kvquant::{packed_bytes, StoredWidths};
 use longctx_method_flexgen::FlexGen;
 
-const PROMPT: usize = 512;
+const PROMPT: usize = 256;
 const DECODE: usize = 16;
+/// wgpu vs flex (same storage types).
 const CROSS_BACKEND: f64 = 1e-3;
+/// ndarray vs flex, as a fraction of the quantization error (f32 vs f16 parameters).
+const NDARRAY_VS_QUANT_ERROR: f64 = 0.3;
 
 fn params(given: &[(&str, &str)]) -> Params {
     let given: RawParams = given
@@ -45,10 +53,11 @@ fn flexgen_on_flex_and_ndarray() {
     for (quantize_prefill, prefill_exact) in [("true", false), ("false", true)] {
         let flex = run::<Flex>(quantize_prefill);
         let ndarray = run::<NdArray>(quantize_prefill);
+        let quant_err = max_relative_error(&flex.logits, &full.logits);
         let err = max_relative_error(&ndarray.logits, &flex.logits);
         assert!(
-            err <= CROSS_BACKEND,
-            "quantize_prefill={quantize_prefill}: ndarray vs flex {err}"
+            err <= NDARRAY_VS_QUANT_ERROR * quant_err,
+            "quantize_prefill={quantize_prefill}: ndarray vs flex {err}, quantization error {quant_err}"
         );
         let prefill = max_relative_error(&flex.logits[..vocab], &full.logits[..vocab]);
         assert_eq!(
@@ -64,11 +73,16 @@ fn flexgen_on_flex_and_ndarray() {
             param: 2,
             residual: 2,
         };
-        for (layer, &bytes) in attention_layers(&model)
-            .iter()
-            .zip(&flex.bytes_after_prefill)
-        {
-            assert_eq!(bytes, packed_bytes(&config, layer, PROMPT, widths));
+        // ndarray stores f32 parameters, and that is what it counts.
+        let ndarray_widths = StoredWidths { param: 4, ..widths };
+        for (i, layer) in attention_layers(&model).iter().enumerate() {
+            let packed = |w| packed_bytes(&config, layer, PROMPT, w);
+            assert_eq!(flex.bytes_after_prefill[i], packed(widths), "flex");
+            assert_eq!(
+                ndarray.bytes_after_prefill[i],
+                packed(ndarray_widths),
+                "ndarray"
+            );
         }
     }
 }
@@ -81,6 +95,7 @@ fn flexgen_on_wgpu_matches_flex() {
     let (flex, wgpu) = (run::<Flex>("true"), run::<Wgpu>("true"));
     let err = max_relative_error(&wgpu.logits, &flex.logits);
     assert!(err <= CROSS_BACKEND, "wgpu vs flex {err}");
+    assert_eq!(wgpu.bytes_after_prefill, flex.bytes_after_prefill);
     assert_eq!(wgpu.bytes_end, flex.bytes_end);
 }
 

@@ -7,6 +7,9 @@
 //!
 //! Nominal ratio by the paper's formula at 10,000 tokens: 2-bit 5.05x, 4-bit 3.11x
 //! ([`longctx_kvquant::formula_ratio`]).
+//!
+//! Keys are quantized after RoPE, as in the paper. Pre-RoPE quantization is not offered: the
+//! cache never sees pre-RoPE keys nor the model's RoPE (see `crates/kvquant/README.md`).
 
 use burn::tensor::backend::Backend;
 

@@ -1,5 +1,12 @@
 //! `kivi` on the tiny model: flex, ndarray and wgpu agree; prefill attention is exactly the
 //! full cache's; the bytes held are what the packing should take.
+//!
+//! Tolerances across backends: wgpu stores what flex stores (32-bit words, f16 scales, minima
+//! and residual), so its logits match flex's to float rounding. ndarray has no f16 storage: it
+//! keeps scales, minima and the residual in f32 (and counts them at 4 bytes), so its logits
+//! differ from flex's by the f16 rounding of those, which must stay far below the quantization
+//! error itself. (A 1-ulp difference in a model key could also flip a 2-bit code; the data here
+//! are fixed, and `kvquant`'s bookkeeping test checks the caches exactly on every backend.)
 
 use burn::backend::{Flex, NdArray, Wgpu};
 use burn::tensor::backend::Backend;
@@ -10,9 +17,15 @@ use longctx_kvquant::testing::*;
 use longctx_kvquant::{packed_bytes, StoredWidths};
 use longctx_method_kivi::Kivi;
 
-const PROMPT: usize = 512;
-const DECODE: usize = 140; // crosses a 128-token key block
+/// Keys 256 quantized (two whole blocks), values 128 quantized and 128 in the residual: the
+/// stores are exactly full, so the bytes held equal the packing's.
+const PROMPT: usize = 256;
+/// Crosses the key block at 384 tokens.
+const DECODE: usize = 140;
+/// wgpu vs flex (same storage types).
 const CROSS_BACKEND: f64 = 1e-3;
+/// ndarray vs flex, as a fraction of the quantization error (f32 vs f16 parameters/residual).
+const NDARRAY_VS_QUANT_ERROR: f64 = 0.3;
 
 fn params(given: &[(&str, &str)]) -> Params {
     let given: RawParams = given
@@ -39,8 +52,6 @@ fn kivi_on_flex_and_ndarray() {
     for bits in ["2", "4"] {
         let flex = run::<Flex>(bits);
         let ndarray = run::<NdArray>(bits);
-        let err = max_relative_error(&ndarray.logits, &flex.logits);
-        assert!(err <= CROSS_BACKEND, "{bits}-bit: ndarray vs flex {err}");
         // Prefill attention runs over full-precision keys/values.
         let prefill = max_relative_error(&flex.logits[..vocab], &full.logits[..vocab]);
         assert!(
@@ -53,6 +64,13 @@ fn kivi_on_flex_and_ndarray() {
             decode > 1e-4 && decode < 0.5,
             "{bits}-bit: decode vs full {decode}"
         );
+        let err = max_relative_error(&ndarray.logits[..vocab], &flex.logits[..vocab]);
+        assert!(err <= 1e-5, "{bits}-bit: ndarray vs flex prefill {err}");
+        let err = max_relative_error(&ndarray.logits[vocab..], &flex.logits[vocab..]);
+        assert!(
+            err <= NDARRAY_VS_QUANT_ERROR * decode,
+            "{bits}-bit: ndarray vs flex {err}, quantization error {decode}"
+        );
         // Bytes held: exactly what the packing takes (32-bit words, f16 scales/minima/residual).
         let config = Kivi::config(&params(&[("bits", bits)])).unwrap();
         let widths = StoredWidths {
@@ -60,14 +78,23 @@ fn kivi_on_flex_and_ndarray() {
             param: 2,
             residual: 2,
         };
-        for (layer, &bytes) in attention_layers(&model)
-            .iter()
-            .zip(&flex.bytes_after_prefill)
-        {
+        // ndarray stores f32 parameters and residual, and that is what it counts.
+        let ndarray_widths = StoredWidths {
+            word: 4,
+            param: 4,
+            residual: 4,
+        };
+        let layers = attention_layers(&model);
+        for (i, layer) in layers.iter().enumerate() {
             assert_eq!(
-                bytes,
+                flex.bytes_after_prefill[i],
                 packed_bytes(&config, layer, PROMPT, widths),
-                "{bits}-bit"
+                "{bits}-bit, flex"
+            );
+            assert_eq!(
+                ndarray.bytes_after_prefill[i],
+                packed_bytes(&config, layer, PROMPT, ndarray_widths),
+                "{bits}-bit, ndarray"
             );
         }
     }
@@ -82,6 +109,7 @@ fn kivi_on_wgpu_matches_flex() {
         let (flex, wgpu) = (run::<Flex>(bits), run::<Wgpu>(bits));
         let err = max_relative_error(&wgpu.logits, &flex.logits);
         assert!(err <= CROSS_BACKEND, "{bits}-bit: wgpu vs flex {err}");
+        assert_eq!(wgpu.bytes_after_prefill, flex.bytes_after_prefill);
         assert_eq!(wgpu.bytes_end, flex.bytes_end);
     }
 }

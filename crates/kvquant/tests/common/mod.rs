@@ -44,14 +44,24 @@ pub fn round_f16(x: f32) -> f32 {
     f16::from_f32(x).to_f32()
 }
 
-/// Asymmetric min-max quantize/dequantize of one group, parameters rounded to f16 first.
-/// Returns the reconstruction and the stored step size.
-pub fn reference_group(xs: &[f32], bits: usize) -> (Vec<f32>, f32) {
+/// A group parameter as stored: rounded to f16 when `f16_params` (flex, wgpu), else kept in f32
+/// (ndarray, which has no f16 storage).
+pub fn stored_param(x: f32, f16_params: bool) -> f32 {
+    if f16_params {
+        round_f16(x)
+    } else {
+        x
+    }
+}
+
+/// Asymmetric min-max quantize/dequantize of one group, parameters rounded to their storage
+/// type (f16 when `f16_params`, else f32) first. Returns the reconstruction and the stored step size.
+pub fn reference_group(xs: &[f32], bits: usize, f16_params: bool) -> (Vec<f32>, f32) {
     let qmax = ((1u32 << bits) - 1) as f32;
     let min = xs.iter().cloned().fold(f32::INFINITY, f32::min);
     let max = xs.iter().cloned().fold(f32::NEG_INFINITY, f32::max);
-    let scale = round_f16((max - min) / qmax);
-    let min = round_f16(min);
+    let scale = stored_param((max - min) / qmax, f16_params);
+    let min = stored_param(min, f16_params);
     let div = if scale == 0.0 { 1.0 } else { scale };
     let out = xs
         .iter()
@@ -66,7 +76,7 @@ pub fn at(t_len: usize, dim: usize, h: usize, t: usize, c: usize) -> usize {
 }
 
 /// Reference per-token quantization (groups of `group` channels) of tokens `[from, to)`,
-/// written into `out` (same layout as `x`).
+/// written into `out` (same layout as `x`); parameters stored in f16 when `f16_params`.
 pub fn reference_per_token(
     x: &[f32],
     out: &mut [f32],
@@ -74,13 +84,14 @@ pub fn reference_per_token(
     (from, to): (usize, usize),
     bits: usize,
     group: usize,
+    f16_params: bool,
 ) {
     for h in 0..heads {
         for t in from..to {
             for g0 in (0..dim).step_by(group) {
                 let g1 = (g0 + group).min(dim);
                 let xs: Vec<f32> = (g0..g1).map(|c| x[at(t_len, dim, h, t, c)]).collect();
-                let (q, _) = reference_group(&xs, bits);
+                let (q, _) = reference_group(&xs, bits, f16_params);
                 for (c, v) in (g0..g1).zip(q) {
                     out[at(t_len, dim, h, t, c)] = v;
                 }
@@ -97,6 +108,7 @@ pub fn reference_per_channel(
     (from, to): (usize, usize),
     bits: usize,
     group: usize,
+    f16_params: bool,
 ) {
     for h in 0..heads {
         for c in 0..dim {
@@ -104,7 +116,7 @@ pub fn reference_per_channel(
                 let xs: Vec<f32> = (t0..t0 + group)
                     .map(|t| x[at(t_len, dim, h, t, c)])
                     .collect();
-                let (q, _) = reference_group(&xs, bits);
+                let (q, _) = reference_group(&xs, bits, f16_params);
                 for (t, v) in (t0..t0 + group).zip(q) {
                     out[at(t_len, dim, h, t, c)] = v;
                 }
@@ -117,4 +129,23 @@ pub fn reference_per_channel(
 pub fn max_abs_diff(a: &[f32], b: &[f32]) -> f32 {
     assert_eq!(a.len(), b.len());
     a.iter().zip(b).fold(0.0, |m, (x, y)| m.max((x - y).abs()))
+}
+
+/// Whether wgpu can run here; panics unless `LONGCTX_SKIP_WGPU` allows skipping.
+pub fn wgpu_available() -> bool {
+    let probe = std::panic::catch_unwind(|| {
+        Tensor::<burn::backend::Wgpu, 1>::ones([2], &Default::default())
+            .sum()
+            .into_scalar()
+    });
+    match probe {
+        Ok(_) => true,
+        Err(_) if std::env::var("LONGCTX_SKIP_WGPU").is_ok() => {
+            eprintln!("skipping wgpu: no usable Vulkan device");
+            false
+        }
+        Err(_) => {
+            panic!("wgpu is not usable; install mesa-vulkan-drivers, or set LONGCTX_SKIP_WGPU=1")
+        }
+    }
 }
