@@ -13,6 +13,7 @@ import os
 import time
 
 import llama_cpp
+import numpy as np
 from llama_cpp import Llama
 
 
@@ -56,8 +57,10 @@ def main():
             prefill = time.perf_counter() - t
             t = time.perf_counter()
             for _ in range(args.decode):
-                # Greedy: argmax of the last logits, then evaluate that one token.
-                logits = llm.scores[llm.n_tokens - 1]
+                # Greedy: argmax of the last position's logits, then evaluate that one token.
+                # With logits_all=False, llama-cpp-python 0.3 no longer copies logits into
+                # `llm.scores` (it stays zero), so read them from the context.
+                logits = np.ctypeslib.as_array(llm._ctx.get_logits_ith(-1), shape=(llm.n_vocab(),))
                 llm.eval([int(logits.argmax())])
             decode = time.perf_counter() - t
             if run > 0:  # the first run is a warm-up
