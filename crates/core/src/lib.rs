@@ -23,6 +23,7 @@ pub mod method;
 pub mod model;
 pub mod params;
 pub mod registry;
+pub mod rope;
 pub mod state;
 pub mod task;
 pub mod tensor_util;
@@ -41,6 +42,7 @@ pub use model::{
 };
 pub use params::{ParamKind, ParamSpec, ParamValue, Params, RawParams};
 pub use registry::Registry;
+pub use rope::{RopeLayout, RopeScaling, RopeSpec};
 pub use state::{LayerState, RecurrentState, SequenceState};
 pub use task::{Sample, ScoredSample, Task, TaskDescriptor};
 pub use tokenizer::{ByteTokenizer, TextTokenizer};

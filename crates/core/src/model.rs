@@ -7,11 +7,12 @@ use serde::{Deserialize, Serialize};
 
 use crate::error::Result;
 use crate::params::{ParamSpec, Params};
+use crate::rope::RopeSpec;
 use crate::state::SequenceState;
 use crate::tokenizer::TextTokenizer;
 
 /// An attention layer, as a KV method needs to know it.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct AttentionLayerSpec {
     /// Index of the layer in the model.
     pub layer: usize,
@@ -20,6 +21,11 @@ pub struct AttentionLayerSpec {
     pub head_dim: usize,
     /// Local attention window in tokens (Mistral, Gemma-3 local layers); `None` = global.
     pub sliding_window: Option<usize>,
+    /// The rotary embedding applied to this layer's keys before they reach the cache (each
+    /// layer its own: Gemma-3's local and global layers differ); `None` where the model has
+    /// none or does not declare it. Pre-RoPE key quantization needs it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rope: Option<RopeSpec>,
 }
 
 impl AttentionLayerSpec {
@@ -38,7 +44,7 @@ pub struct RecurrentLayerSpec {
 }
 
 /// One layer of a model, as the sequence state must hold it.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "kind", rename_all = "snake_case")]
 pub enum LayerSpec {
     Attention(AttentionLayerSpec),

@@ -15,13 +15,23 @@
 //! `residual_precision` afterwards, so prefill attention sees exactly the model's keys/values.
 //! Tokens are always quantized from their values in `residual_precision` (f16 by default), so
 //! what the store holds does not depend on how long a token waited in the residual.
+//!
+//! Keys are quantized as the model hands them over (after RoPE, `key_position = post_rope`) or,
+//! with `pre_rope`, rotated back by their positions first (the layer's [`RopeSpec`] from its
+//! `AttentionLayerSpec`): the store then holds pre-RoPE keys, which `view` rotates forward
+//! again by the stored tokens' positions. The residual is never rotated; it stays exactly as
+//! appended (then rounded to `residual_precision`), as with post-RoPE keys.
 
-use burn::tensor::{backend::Backend, FloatDType, Tensor};
+use burn::tensor::{backend::Backend, FloatDType, Int, Tensor};
 use serde::{Deserialize, Serialize};
 
-use longctx_core::{tensor_util::tensor_bytes, CompressionPhase, Error, KvCache, KvView, Result};
+use longctx_core::{
+    tensor_util::tensor_bytes, AttentionLayerSpec, CompressionPhase, Error, KvCache, KvView,
+    Result, RopeSpec,
+};
 
 use crate::quantizer::{QuantAxis, QuantSpec, Quantizer};
+use crate::rope::KeyRotation;
 use crate::store::QuantStore;
 
 /// Storage precision of the full-precision residual once it is stored.
@@ -47,6 +57,40 @@ impl ResidualPrecision {
     }
 }
 
+/// Whether keys are quantized as the cache receives them (after the model's RoPE) or with the
+/// rotation undone (before RoPE).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum KeyPosition {
+    /// Keys quantized after RoPE, as the model appends them (KIVI's setting).
+    #[default]
+    PostRope,
+    /// Keys rotated back by their positions before quantization and rotated forward again
+    /// after dequantization; needs the layer's [`RopeSpec`].
+    PreRope,
+}
+
+impl KeyPosition {
+    /// Parses `post_rope` or `pre_rope`.
+    pub fn parse(field: &str, text: &str) -> Result<Self> {
+        match text {
+            "post_rope" => Ok(Self::PostRope),
+            "pre_rope" => Ok(Self::PreRope),
+            other => Err(Error::InvalidInput(format!(
+                "{field}: '{other}' is not a key position (post_rope, pre_rope)"
+            ))),
+        }
+    }
+
+    /// The parameter value: `post_rope` or `pre_rope`.
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            Self::PostRope => "post_rope",
+            Self::PreRope => "pre_rope",
+        }
+    }
+}
+
 /// How a quantized cache quantizes and when.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct QuantCacheConfig {
@@ -57,6 +101,9 @@ pub struct QuantCacheConfig {
     /// Flush right after `append`, so the attention of the same pass sees quantized keys/values.
     pub quantize_on_append: bool,
     pub residual_precision: ResidualPrecision,
+    /// Keys quantized after RoPE (default) or before.
+    #[serde(default)]
+    pub key_position: KeyPosition,
 }
 
 impl QuantCacheConfig {
@@ -105,11 +152,15 @@ impl<B: Backend> Part<B> {
     /// `model_dtype`), whether this is their first flush or they waited in the residual: the
     /// quantized content is `Q(round_stored(x))` whatever the flush history, as in the paper's
     /// fp16 pipeline where keys/values are fp16 before they are quantized.
+    ///
+    /// `unrotate`: the rotation to undo before quantizing, with the positions of the part's
+    /// tokens from the first one not yet stored (pre-RoPE keys).
     fn flush(
         &mut self,
         residual_length: usize,
         stored: FloatDType,
         model_dtype: FloatDType,
+        unrotate: Option<(&KeyRotation, &[usize])>,
     ) -> Result<()> {
         let n = self.residual_len();
         let spec = self.store.quantizer().spec;
@@ -123,17 +174,30 @@ impl<B: Backend> Part<B> {
         let [o, h, _, d] = r.dims();
         if quantize > 0 {
             let chunk = r.clone().slice([0..o, 0..h, 0..quantize, 0..d]);
-            self.store.push(chunk.cast(stored).cast(model_dtype))?;
+            let chunk = chunk.cast(stored).cast(model_dtype);
+            let chunk = match unrotate {
+                Some((rotation, positions)) => rotation.unrotate(chunk, &positions[..quantize]),
+                None => chunk,
+            };
+            self.store.push(chunk)?;
         }
         self.residual =
             (quantize < n).then(|| r.slice([0..o, 0..h, quantize..n, 0..d]).cast(stored));
         Ok(())
     }
 
-    /// Everything held, `[1, H, T, D]` in `dtype`, oldest first.
-    fn materialize(&self, dtype: FloatDType) -> Tensor<B, 4> {
+    /// Everything held, `[1, H, T, D]` in `dtype`, oldest first; `rotate`: the rotation to
+    /// apply to the dequantized store, with the positions of the part's tokens.
+    fn materialize(
+        &self,
+        dtype: FloatDType,
+        rotate: Option<(&KeyRotation, &[usize])>,
+    ) -> Tensor<B, 4> {
         let mut parts = Vec::with_capacity(2);
-        parts.extend(self.store.dequantize(dtype));
+        parts.extend(self.store.dequantize(dtype).map(|x| match rotate {
+            Some((rotation, positions)) => rotation.rotate(x, &positions[..self.store.len()]),
+            None => x,
+        }));
         parts.extend(self.residual.clone().map(|r| r.cast(dtype)));
         match parts.len() {
             0 => panic!("view() of an empty cache: append first"),
@@ -151,6 +215,8 @@ impl<B: Backend> Part<B> {
 pub struct QuantKvCache<B: Backend> {
     config: QuantCacheConfig,
     head_dim: usize,
+    /// The layer's RoPE, when keys are quantized before it.
+    key_rotation: Option<KeyRotation>,
     /// Keys and values, created at the first append (which tells the device and float type).
     parts: Option<Parts<B>>,
     positions: Vec<usize>,
@@ -166,15 +232,73 @@ struct Parts<B: Backend> {
 }
 
 impl<B: Backend> QuantKvCache<B> {
-    /// An empty cache for heads of `head_dim` channels.
+    /// An empty cache for heads of `head_dim` channels, keys quantized as appended
+    /// (`key_position = pre_rope` needs the layer's RoPE: use [`Self::for_layer`]).
     pub fn new(config: QuantCacheConfig, head_dim: usize) -> Result<Self> {
-        config.validate("quantized cache")?;
+        Self::with_rope(config, head_dim, None, "quantized cache", "the layer")
+    }
+
+    /// An empty cache for `layer`; `owner` (the method) names it in errors. With
+    /// `key_position = pre_rope` the layer must declare its RoPE.
+    pub fn for_layer(
+        config: QuantCacheConfig,
+        layer: &AttentionLayerSpec,
+        owner: &str,
+    ) -> Result<Self> {
+        Self::with_rope(
+            config,
+            layer.head_dim,
+            layer.rope.as_ref(),
+            owner,
+            &format!("layer {}", layer.layer),
+        )
+    }
+
+    fn with_rope(
+        config: QuantCacheConfig,
+        head_dim: usize,
+        rope: Option<&RopeSpec>,
+        owner: &str,
+        layer: &str,
+    ) -> Result<Self> {
+        config.validate(owner)?;
+        let key_rotation = match config.key_position {
+            KeyPosition::PostRope => None,
+            KeyPosition::PreRope => {
+                let rope = rope.ok_or_else(|| Error::InvalidParam {
+                    owner: owner.to_string(),
+                    param: "key_position".into(),
+                    reason: format!(
+                        "pre_rope needs the rotary embedding of {layer}, and the model declares \
+                         none for it (its AttentionLayerSpec has rope = None)"
+                    ),
+                })?;
+                Some(
+                    KeyRotation::new(rope, head_dim).map_err(|e| Error::InvalidParam {
+                        owner: owner.to_string(),
+                        param: "key_position".into(),
+                        reason: format!("pre_rope: unusable RoPE of {layer}: {e}"),
+                    })?,
+                )
+            }
+        };
         Ok(Self {
             config,
             head_dim,
+            key_rotation,
             parts: None,
             positions: Vec::new(),
         })
+    }
+
+    /// The configuration.
+    pub fn config(&self) -> &QuantCacheConfig {
+        &self.config
+    }
+
+    /// The packed codes of the quantized keys `[1, H, T_quantized, words]`, if any.
+    pub fn key_codes(&self) -> Option<Tensor<B, 4, Int>> {
+        self.parts.as_ref().and_then(|p| p.keys.store.codes())
     }
 
     /// Quantized tokens of keys and of values.
@@ -196,8 +320,12 @@ impl<B: Backend> QuantKvCache<B> {
             return Ok(()); // nothing appended yet
         };
         let r = self.config.residual_length;
-        p.keys.flush(r, p.residual_dtype, p.model_dtype)?;
-        p.values.flush(r, p.residual_dtype, p.model_dtype)
+        let unrotate = self
+            .key_rotation
+            .as_ref()
+            .map(|rot| (rot, &self.positions[p.keys.store.len()..]));
+        p.keys.flush(r, p.residual_dtype, p.model_dtype, unrotate)?;
+        p.values.flush(r, p.residual_dtype, p.model_dtype, None)
     }
 
     fn parts_for(&mut self, like: &Tensor<B, 4>) -> &mut Parts<B> {
@@ -258,8 +386,13 @@ impl<B: Backend> KvCache<B> for QuantKvCache<B> {
             .as_ref()
             .expect("view() of an empty cache: append first");
         KvView {
-            keys: p.keys.materialize(p.model_dtype),
-            values: p.values.materialize(p.model_dtype),
+            keys: p.keys.materialize(
+                p.model_dtype,
+                self.key_rotation
+                    .as_ref()
+                    .map(|rot| (rot, &self.positions[..])),
+            ),
+            values: p.values.materialize(p.model_dtype, None),
             positions: self.positions.clone(),
             padding_mask: None,
         }

@@ -130,7 +130,7 @@ impl MemoryReport {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::cache::ResidualPrecision;
+    use crate::cache::{KeyPosition, ResidualPrecision};
     use crate::quantizer::QuantScheme;
 
     fn kivi(bits: usize) -> QuantCacheConfig {
@@ -146,6 +146,7 @@ mod tests {
             residual_length: 128,
             quantize_on_append: false,
             residual_precision: ResidualPrecision::F16,
+            key_position: KeyPosition::PostRope,
         }
     }
 
@@ -173,6 +174,7 @@ mod tests {
             n_kv_heads: 3,
             head_dim: 64,
             sliding_window: None,
+            rope: None,
         };
         let w = StoredWidths {
             word: 4,
@@ -193,6 +195,7 @@ mod tests {
             n_kv_heads: 1,
             head_dim: 8,
             sliding_window: None,
+            rope: None,
         };
         let r = MemoryReport::new(&[layer], &[320], 10);
         assert_eq!(r.layers[0].bytes_per_token, 32.0);

@@ -60,9 +60,10 @@ impl<B: Backend> KvMethod<B> for QuantMethod {
         layer: &AttentionLayerSpec,
         _ctx: &CacheContext,
     ) -> Result<Box<dyn KvCache<B>>> {
-        Ok(Box::new(QuantKvCache::<B>::new(
+        Ok(Box::new(QuantKvCache::<B>::for_layer(
             self.config,
-            layer.head_dim,
+            layer,
+            self.name,
         )?))
     }
 }

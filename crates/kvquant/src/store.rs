@@ -165,6 +165,13 @@ impl<B: Backend> QuantStore<B> {
         )
     }
 
+    /// The packed codes of the tokens held, `[1, H, len, words]`, or `None` when empty.
+    pub fn codes(&self) -> Option<Tensor<B, 4, Int>> {
+        let codes = self.codes.as_ref().filter(|_| self.len > 0)?;
+        let [o, h, _, w] = codes.dims();
+        Some(codes.clone().slice([0..o, 0..h, 0..self.len, 0..w]))
+    }
+
     /// Bytes of the allocated buffers (capacity, element width as stored).
     pub fn memory_bytes(&self) -> usize {
         self.codes.as_ref().map_or(0, tensor_bytes_int)

@@ -2,6 +2,9 @@
 //! cache's content equals an independent reference quantization of the same keys/values, and
 //! `memory_bytes` equals the buffers the bookkeeping should hold. On flex (f16 storage, exact
 //! to the reference), ndarray (no f16: parameters and residual in f32) and wgpu (f16).
+//!
+//! With `key_position = pre_rope` the reference is `rotate(dequant(quant(unrotate(f16(k)))))`
+//! with its own host rotation loops, and pre- and post-RoPE quantization store different codes.
 
 mod common;
 
@@ -9,10 +12,10 @@ use burn::backend::{Flex, NdArray, Wgpu};
 use burn::tensor::{backend::Backend, FloatDType, Tensor};
 
 use common::*;
-use longctx_core::{CompressionPhase, KvCache};
+use longctx_core::{AttentionLayerSpec, CompressionPhase, KvCache, RopeScaling, RopeSpec};
 use longctx_kvquant::{
-    quantizer::param_dtype, QuantAxis, QuantCacheConfig, QuantKvCache, QuantScheme, QuantSpec,
-    ResidualPrecision,
+    quantizer::param_dtype, KeyPosition, QuantAxis, QuantCacheConfig, QuantKvCache, QuantScheme,
+    QuantSpec, ResidualPrecision,
 };
 
 const H: usize = 2;
@@ -33,6 +36,7 @@ fn kivi(bits: usize) -> QuantCacheConfig {
         residual_length: R,
         quantize_on_append: false,
         residual_precision: ResidualPrecision::F16,
+        key_position: KeyPosition::PostRope,
     }
 }
 
@@ -41,12 +45,16 @@ fn kivi(bits: usize) -> QuantCacheConfig {
 /// f16 (the residual's storage and what tokens are quantized from), of which keys
 /// `[0, flushed - flushed % R)` are quantized per channel and values `[0, flushed - R)` per
 /// token; fresh tokens exactly as appended.
+///
+/// With `rope` (pre-RoPE keys), the quantized keys are `rotate(Q(unrotate(f16(k))))`, each token
+/// rotated by its position (= its index here).
 fn reference(
     x_k: &[f32],
     x_v: &[f32],
     total: usize,
     fresh: usize,
     (bits, f16): (usize, bool),
+    rope: Option<&RopeSpec>,
 ) -> (Vec<f32>, Vec<f32>) {
     let flushed = total - fresh;
     let nk = flushed - flushed % R;
@@ -65,9 +73,44 @@ fn reference(
     };
     let (k16, v16) = (rounded(x_k), rounded(x_v));
     let (mut k, mut v) = (k16.clone(), v16.clone());
-    reference_per_channel(&k16, &mut k, (H, total, D), (0, nk), bits, G, f16);
+    match rope {
+        None => reference_per_channel(&k16, &mut k, (H, total, D), (0, nk), bits, G, f16),
+        Some(rope) => {
+            let inv_freq = rope.inv_freq();
+            let mut pre = k16.clone();
+            host_rotate(&mut pre, total, nk, &inv_freq, true);
+            reference_per_channel(&pre.clone(), &mut pre, (H, total, D), (0, nk), bits, G, f16);
+            host_rotate(&mut pre, total, nk, &inv_freq, false);
+            k = pre;
+        }
+    }
     reference_per_token(&v16, &mut v, (H, total, D), (0, nv), bits, G, f16);
     (k, v)
+}
+
+/// Rotates tokens `[0, n)` of a `[H, total, D]` buffer in place by their positions (= their
+/// indices), half-split layout over all `D` channels (`inverse`: by minus the angle). Plain
+/// f32 loops with the host's `cos`/`sin`.
+fn host_rotate(x: &mut [f32], total: usize, n: usize, inv_freq: &[f32], inverse: bool) {
+    let half = inv_freq.len();
+    assert_eq!(2 * half, D);
+    for h in 0..H {
+        for t in 0..n {
+            for (i, &f) in inv_freq.iter().enumerate() {
+                let angle = t as f32 * f;
+                let (c, s) = (angle.cos(), angle.sin());
+                let (i1, i2) = (at(total, D, h, t, i), at(total, D, h, t, i + half));
+                let (a, b) = (x[i1], x[i2]);
+                if inverse {
+                    x[i1] = a * c + b * s;
+                    x[i2] = b * c - a * s;
+                } else {
+                    x[i1] = a * c - b * s;
+                    x[i2] = b * c + a * s;
+                }
+            }
+        }
+    }
 }
 
 /// Bytes KIVI should hold after a flush at `total` tokens: stores allocated in steps of 128
@@ -111,7 +154,7 @@ fn check<B: Backend>(
     t_all: usize,
     (total, fresh): (usize, usize),
     storage: (usize, bool),
-    tol: f32,
+    (tol, rope): (f32, Option<&RopeSpec>),
 ) {
     let view = cache.view();
     assert_eq!(view.positions, (0..total).collect::<Vec<_>>());
@@ -121,10 +164,15 @@ fn check<B: Backend>(
         total,
         fresh,
         storage,
+        rope,
     );
     let (k, v) = (values(view.keys), values(view.values));
+    // Pre-RoPE: the forward rotation of the view uses the device's cos/sin, the reference the
+    // host's; they differ by float rounding (the codes are the same, a code one step off
+    // would be ~0.1 away).
+    let key_tol = if rope.is_some() { tol.max(2e-5) } else { tol };
     assert!(
-        max_abs_diff(&k, &rk) <= tol,
+        max_abs_diff(&k, &rk) <= key_tol,
         "keys differ by {} at {total} tokens ({fresh} fresh), quantized {:?}",
         max_abs_diff(&k, &rk),
         cache.quantized_tokens()
@@ -137,13 +185,48 @@ fn check<B: Backend>(
 }
 
 fn run<B: Backend>(prompt: usize, decode_steps: usize, bits: usize, tol: f32) {
+    run_keys::<B>(prompt, decode_steps, bits, (tol, None));
+}
+
+/// A KIVI cache, pre-RoPE when `rope` is given.
+fn kivi_cache<B: Backend>(bits: usize, rope: Option<&RopeSpec>) -> QuantKvCache<B> {
+    match rope {
+        None => QuantKvCache::<B>::new(kivi(bits), D).unwrap(),
+        Some(rope) => {
+            let config = QuantCacheConfig {
+                key_position: KeyPosition::PreRope,
+                ..kivi(bits)
+            };
+            QuantKvCache::<B>::for_layer(config, &layer(Some(rope.clone())), "kivi").unwrap()
+        }
+    }
+}
+
+fn layer(rope: Option<RopeSpec>) -> AttentionLayerSpec {
+    AttentionLayerSpec {
+        layer: 7,
+        n_query_heads: 2 * H,
+        n_kv_heads: H,
+        head_dim: D,
+        sliding_window: None,
+        rope,
+    }
+}
+
+fn run_keys<B: Backend>(
+    prompt: usize,
+    decode_steps: usize,
+    bits: usize,
+    (tol, rope): (f32, Option<&RopeSpec>),
+) {
     let device = Default::default();
     let f16 = param_dtype::<B>(&device, FloatDType::F32) == FloatDType::F16;
     let storage = (bits, f16);
     let t_all = prompt + decode_steps;
     let xk = data(H, t_all, D, 1 + prompt as u64);
     let xv = data(H, t_all, D, 1000 + prompt as u64);
-    let mut cache = QuantKvCache::<B>::new(kivi(bits), D).unwrap();
+    let mut cache = kivi_cache::<B>(bits, rope);
+    let tol = (tol, rope);
     cache
         .append(
             tensor::<B>(&prefix(&xk, t_all, prompt), H, prompt, D),
@@ -185,6 +268,109 @@ fn run<B: Backend>(prompt: usize, decode_steps: usize, bits: usize, tol: f32) {
             );
         }
     }
+}
+
+/// Llama-3-style RoPE with all three frequency bands inside 1260 tokens.
+fn llama3_rope() -> RopeSpec {
+    RopeSpec {
+        scaling: RopeScaling::Llama3 {
+            factor: 8.0,
+            low_freq_factor: 1.0,
+            high_freq_factor: 4.0,
+            original_max_position_embeddings: 256,
+        },
+        ..RopeSpec::neox(D, 500000.0)
+    }
+}
+
+#[test]
+fn kivi_pre_rope_bookkeeping() {
+    let plain = RopeSpec::neox(D, 10000.0);
+    for prompt in [1, 129] {
+        run_keys::<Flex>(prompt, 300, 2, (0.0, Some(&plain)));
+    }
+    run_keys::<Flex>(1000, 260, 2, (0.0, Some(&llama3_rope())));
+    run_keys::<Flex>(129, 40, 4, (0.0, Some(&llama3_rope())));
+}
+
+#[test]
+fn kivi_pre_rope_bookkeeping_ndarray() {
+    run_keys::<NdArray>(129, 140, 2, (1e-5, Some(&RopeSpec::neox(D, 10000.0))));
+}
+
+/// The ablation changes what is stored: the same keys give other codes before RoPE than after
+/// (values are untouched), and both views stay close to the keys.
+#[test]
+fn pre_and_post_rope_store_different_codes() {
+    let t = 256;
+    let (xk, xv) = (data(H, t, D, 5), data(H, t, D, 6));
+    let rope = RopeSpec::neox(D, 10000.0);
+    let mut views = Vec::new();
+    let mut codes = Vec::new();
+    for rope in [None, Some(&rope)] {
+        let mut cache = kivi_cache::<Flex>(2, rope);
+        cache
+            .append(
+                tensor::<Flex>(&xk, H, t, D),
+                tensor::<Flex>(&xv, H, t, D),
+                &(0..t).collect::<Vec<_>>(),
+            )
+            .unwrap();
+        cache.compress(CompressionPhase::PrefillEnd).unwrap();
+        assert_eq!(cache.quantized_tokens(), (t, t - R));
+        let code: Vec<i64> = cache
+            .key_codes()
+            .unwrap()
+            .into_data()
+            .convert::<i64>()
+            .to_vec()
+            .unwrap();
+        codes.push(code);
+        let view = cache.view();
+        views.push((values(view.keys), values(view.values)));
+    }
+    assert_eq!(codes[0].len(), codes[1].len());
+    let differing = codes[0]
+        .iter()
+        .zip(&codes[1])
+        .filter(|(a, b)| a != b)
+        .count();
+    assert!(
+        differing * 2 > codes[0].len(),
+        "only {differing} of {} key code words differ between post- and pre-RoPE",
+        codes[0].len()
+    );
+    assert_eq!(
+        views[0].1, views[1].1,
+        "values must not depend on key_position"
+    );
+    assert_ne!(views[0].0, views[1].0);
+    for (k, _) in &views {
+        let err = max_abs_diff(k, &xk);
+        assert!(err > 0.01 && err < 10.0, "2-bit keys off by {err}");
+    }
+}
+
+#[test]
+fn pre_rope_without_a_rope_is_an_error() {
+    let config = QuantCacheConfig {
+        key_position: KeyPosition::PreRope,
+        ..kivi(2)
+    };
+    let err = QuantKvCache::<Flex>::for_layer(config, &layer(None), "kivi")
+        .err()
+        .expect("pre_rope without a RoPE must fail")
+        .to_string();
+    assert!(
+        err.contains("kivi") && err.contains("key_position") && err.contains("layer 7"),
+        "{err}"
+    );
+    assert!(QuantKvCache::<Flex>::new(config, D).is_err());
+    // A RoPE that does not fit the head is an error too.
+    let bad = RopeSpec::neox(2 * D, 10000.0);
+    assert!(QuantKvCache::<Flex>::for_layer(config, &layer(Some(bad)), "kivi").is_err());
+    // Post-RoPE needs no RoPE.
+    assert!(QuantKvCache::<Flex>::for_layer(kivi(2), &layer(None), "kivi").is_ok());
 }
 
 #[test]

@@ -8,8 +8,8 @@ use burn::backend::Flex;
 use common::*;
 use longctx_core::{AttentionLayerSpec, CompressionPhase, KvCache};
 use longctx_kvquant::{
-    formula_ratio, packed_bytes, MemoryReport, QuantAxis, QuantCacheConfig, QuantKvCache,
-    QuantScheme, QuantSpec, ResidualPrecision, StoredWidths,
+    formula_ratio, packed_bytes, KeyPosition, MemoryReport, QuantAxis, QuantCacheConfig,
+    QuantKvCache, QuantScheme, QuantSpec, ResidualPrecision, StoredWidths,
 };
 
 type B = Flex;
@@ -21,6 +21,7 @@ const LAYER: AttentionLayerSpec = AttentionLayerSpec {
     n_kv_heads: 3,
     head_dim: 64,
     sliding_window: None,
+    rope: None,
 };
 
 fn spec(bits: usize, group_size: usize, axis: QuantAxis, scheme: QuantScheme) -> QuantSpec {
@@ -39,6 +40,7 @@ fn config(keys: QuantSpec, values: QuantSpec, residual_length: usize) -> QuantCa
         residual_length,
         quantize_on_append: false,
         residual_precision: ResidualPrecision::F16,
+        key_position: KeyPosition::PostRope,
     }
 }
 

@@ -1,4 +1,5 @@
-//! Packing and quantization round trips on flex, ndarray and wgpu.
+//! Packing and quantization round trips on flex, ndarray and wgpu, and the RoPE un-rotation
+//! and re-rotation of pre-RoPE key quantization.
 
 mod common;
 
@@ -6,7 +7,8 @@ use burn::backend::{Flex, NdArray, Wgpu};
 use burn::tensor::{backend::Backend, FloatDType, Int, Tensor, TensorData};
 
 use common::*;
-use longctx_kvquant::{QuantAxis, QuantScheme, QuantSpec, Quantizer, WordLayout};
+use longctx_core::{RopeScaling, RopeSpec};
+use longctx_kvquant::{KeyRotation, QuantAxis, QuantScheme, QuantSpec, Quantizer, WordLayout};
 
 /// Every bit width, a ragged tail (`n` not a multiple of the codes per word), all code values
 /// including the top one (which reaches the word's sign bit).
@@ -297,4 +299,80 @@ fn bad_specs_are_errors() {
             .contains("33 tokens: not a multiple of group_size 32"),
         "{err}"
     );
+}
+
+/// Pre-RoPE keys: un-rotating keys by their positions and rotating them back gives the keys
+/// again (to 1e-5 relative), at small and large positions, with Llama-3 scaling and with a
+/// partial rotary dimension (the channels past it untouched); the un-rotation really rotates
+/// (except at position 0), and the device `cos`/`sin` of the re-rotation match the host's.
+fn rope_round_trip<B: Backend>() {
+    let device: B::Device = Default::default();
+    let (h, d) = (2, 64);
+    let positions: Vec<usize> = vec![0, 1, 2, 31, 127, 128, 1000, 4095, 32767, 131071];
+    let t = positions.len();
+    let x = data(h, t, d, 11);
+    let scale = x.iter().fold(0f32, |m, v| m.max(v.abs()));
+    let llama3 = RopeSpec {
+        scaling: RopeScaling::Llama3 {
+            factor: 8.0,
+            low_freq_factor: 1.0,
+            high_freq_factor: 4.0,
+            original_max_position_embeddings: 8192,
+        },
+        ..RopeSpec::neox(d, 500000.0)
+    };
+    let partial = RopeSpec {
+        rotary_dim: 32,
+        ..RopeSpec::neox(d, 10000.0)
+    };
+    for spec in [RopeSpec::neox(d, 10000.0), llama3, partial] {
+        let rot = KeyRotation::new(&spec, d).unwrap();
+        let keys = tensor::<B>(&x, h, t, d);
+        let pre = rot.unrotate(keys.clone(), &positions);
+        let back = values(rot.rotate(pre.clone(), &positions));
+        let err = max_abs_diff(&back, &x) / scale;
+        assert!(err <= 1e-5, "{spec:?}: round trip off by {err} (relative)");
+        // The un-rotation moved every rotated channel of every token but the one at 0.
+        let pre = values(pre);
+        for hh in 0..h {
+            for (ti, &p) in positions.iter().enumerate() {
+                for c in 0..d {
+                    let i = at(t, d, hh, ti, c);
+                    if p == 0 || c >= spec.rotary_dim {
+                        assert_eq!(pre[i], x[i], "{spec:?}: p {p}, channel {c} must stay");
+                    }
+                }
+                let (a, b) = (at(t, d, hh, ti, 0), at(t, d, hh, ti, spec.rotary_dim));
+                if p > 0 {
+                    assert!(max_abs_diff(&pre[a..b], &x[a..b]) > 1e-3, "{spec:?}: p {p}");
+                }
+            }
+        }
+        // Device tables (angles reduced modulo 2 pi on the device) against the host's.
+        let (hc, hs) = rot.host_tables::<B>(&positions, &device);
+        let (dc, ds) = rot.device_tables::<B>(&positions, &device);
+        let table_err =
+            max_abs_diff(&values(hc), &values(dc)).max(max_abs_diff(&values(hs), &values(ds)));
+        assert!(
+            table_err <= 2e-6,
+            "{spec:?}: device cos/sin off by {table_err}"
+        );
+    }
+}
+
+#[test]
+fn rope_round_trip_flex() {
+    rope_round_trip::<Flex>();
+}
+
+#[test]
+fn rope_round_trip_ndarray() {
+    rope_round_trip::<NdArray>();
+}
+
+#[test]
+fn rope_round_trip_wgpu() {
+    if wgpu_available() {
+        rope_round_trip::<Wgpu>();
+    }
 }

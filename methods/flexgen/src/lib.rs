@@ -11,7 +11,8 @@ use burn::tensor::backend::Backend;
 
 use longctx_core::{KvMethod, MethodDescriptor, ParamSpec, Params, Result};
 use longctx_kvquant::{
-    QuantAxis, QuantCacheConfig, QuantMethod, QuantScheme, QuantSpec, ResidualPrecision,
+    KeyPosition, QuantAxis, QuantCacheConfig, QuantMethod, QuantScheme, QuantSpec,
+    ResidualPrecision,
 };
 
 /// The `flexgen` method.
@@ -40,6 +41,7 @@ impl FlexGen {
                 "flexgen residual_precision",
                 params.str("residual_precision")?,
             )?,
+            key_position: KeyPosition::parse("flexgen key_position", params.str("key_position")?)?,
         })
     }
 }
@@ -75,6 +77,14 @@ impl MethodDescriptor for FlexGen {
                 &["f16", "model"],
                 "f16",
                 "storage of a residual after a flush: f16 or the model's float type",
+            ),
+            ParamSpec::choice(
+                "key_position",
+                &["post_rope", "pre_rope"],
+                "post_rope",
+                "quantize keys after RoPE (as the model hands them over) or before: pre_rope \
+                 rotates keys back by their positions before quantizing and forward after \
+                 dequantizing (needs the model to declare each layer's RoPE)",
             ),
         ]
     }

@@ -9,7 +9,8 @@ use burn::tensor::backend::Backend;
 
 use longctx_core::{KvMethod, MethodDescriptor, ParamSpec, Params, Result};
 use longctx_kvquant::{
-    QuantAxis, QuantCacheConfig, QuantMethod, QuantScheme, QuantSpec, ResidualPrecision,
+    KeyPosition, QuantAxis, QuantCacheConfig, QuantMethod, QuantScheme, QuantSpec,
+    ResidualPrecision,
 };
 
 /// The `int8` method.
@@ -30,6 +31,7 @@ impl Int8 {
             residual_length: 0,
             quantize_on_append: params.bool("quantize_prefill")?,
             residual_precision: ResidualPrecision::F16,
+            key_position: KeyPosition::parse("int8 key_position", params.str("key_position")?)?,
         })
     }
 }
@@ -50,6 +52,14 @@ impl MethodDescriptor for Int8 {
                 "quantize_prefill",
                 false,
                 "prefill attention already sees quantized K/V",
+            ),
+            ParamSpec::choice(
+                "key_position",
+                &["post_rope", "pre_rope"],
+                "post_rope",
+                "quantize keys after RoPE (as the model hands them over) or before: pre_rope \
+                 rotates keys back by their positions before quantizing and forward after \
+                 dequantizing (needs the model to declare each layer's RoPE)",
             ),
         ]
     }

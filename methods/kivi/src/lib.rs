@@ -8,14 +8,17 @@
 //! Nominal ratio by the paper's formula at 10,000 tokens: 2-bit 5.05x, 4-bit 3.11x
 //! ([`longctx_kvquant::formula_ratio`]).
 //!
-//! Keys are quantized after RoPE, as in the paper. Pre-RoPE quantization is not offered: the
-//! cache never sees pre-RoPE keys nor the model's RoPE (see `crates/kvquant/README.md`).
+//! Keys are quantized after RoPE, as in the paper (`key_position = post_rope`). With
+//! `key_position = pre_rope` the cache rotates keys back by their positions (the layer's RoPE
+//! from its `AttentionLayerSpec`) before quantizing them and rotates the dequantized keys
+//! forward again for attention; see `crates/kvquant/README.md`.
 
 use burn::tensor::backend::Backend;
 
 use longctx_core::{KvMethod, MethodDescriptor, ParamSpec, Params, Result};
 use longctx_kvquant::{
-    QuantAxis, QuantCacheConfig, QuantMethod, QuantScheme, QuantSpec, ResidualPrecision,
+    KeyPosition, QuantAxis, QuantCacheConfig, QuantMethod, QuantScheme, QuantSpec,
+    ResidualPrecision,
 };
 
 /// The `kivi` method.
@@ -41,6 +44,7 @@ impl Kivi {
                 "kivi residual_precision",
                 params.str("residual_precision")?,
             )?,
+            key_position: KeyPosition::parse("kivi key_position", params.str("key_position")?)?,
         })
     }
 }
@@ -71,6 +75,14 @@ impl MethodDescriptor for Kivi {
                 &["f16", "model"],
                 "f16",
                 "storage of the residual after a flush: f16 (the paper's fp16) or the model's float type",
+            ),
+            ParamSpec::choice(
+                "key_position",
+                &["post_rope", "pre_rope"],
+                "post_rope",
+                "quantize keys after RoPE (as the model hands them over) or before: pre_rope \
+                 rotates keys back by their positions before quantizing and forward after \
+                 dequantizing (needs the model to declare each layer's RoPE)",
             ),
         ]
     }

@@ -12,9 +12,11 @@ use burn::backend::{Flex, NdArray, Wgpu};
 use burn::tensor::backend::Backend;
 
 use longctx_core::tensor_util::max_relative_error;
-use longctx_core::{KvMethod, MethodDescriptor, Params, RawParams};
+use longctx_core::{
+    AttentionLayerSpec, Budget, CacheContext, KvMethod, MethodDescriptor, Params, RawParams,
+};
 use longctx_kvquant::testing::*;
-use longctx_kvquant::{packed_bytes, StoredWidths};
+use longctx_kvquant::{packed_bytes, KeyPosition, StoredWidths};
 use longctx_method_kivi::Kivi;
 
 /// Keys 256 quantized (two whole blocks), values 128 quantized and 128 in the residual: the
@@ -100,6 +102,57 @@ fn kivi_on_flex_and_ndarray() {
     }
 }
 
+/// `key_position = pre_rope` on the tiny model: prefill attention still sees the model's own
+/// keys; decoding attends over re-rotated pre-RoPE keys, which differ from post-RoPE
+/// quantization but hold the same bytes; at 8 bits the decode logits stay close to the full
+/// cache's (a wrong rotation would not).
+#[test]
+fn kivi_pre_rope_on_flex() {
+    let model = tiny_model::<Flex>(&Default::default());
+    let vocab = model.config.vocab_size;
+    assert!(attention_layers(&model).iter().all(|l| l.rope.is_some()));
+    let full = teacher_forced_full(&model, PROMPT, DECODE);
+    for bits in ["2", "8"] {
+        let pre_params = params(&[("bits", bits), ("key_position", "pre_rope")]);
+        assert_eq!(
+            Kivi::config(&pre_params).unwrap().key_position,
+            KeyPosition::PreRope
+        );
+        assert_eq!(pre_params.str("key_position").unwrap(), "pre_rope");
+        let pre_method = Kivi::build::<Flex>(&pre_params).unwrap();
+        let pre = teacher_forced(&model, pre_method.as_ref(), PROMPT, DECODE);
+        let post = teacher_forced(&model, method::<Flex>(bits).as_ref(), PROMPT, DECODE);
+        let prefill = max_relative_error(&pre.logits[..vocab], &full.logits[..vocab]);
+        assert!(
+            prefill <= 1e-6,
+            "{bits}-bit pre-RoPE: prefill vs full {prefill}"
+        );
+        let pre_err = max_relative_error(&pre.logits[vocab..], &full.logits[vocab..]);
+        let post_err = max_relative_error(&post.logits[vocab..], &full.logits[vocab..]);
+        let between = max_relative_error(&pre.logits[vocab..], &post.logits[vocab..]);
+        eprintln!(
+            "{bits}-bit decode vs full: pre-RoPE {pre_err:.3e}, post-RoPE {post_err:.3e}; \
+             pre vs post {between:.3e}"
+        );
+        assert!(
+            pre_err > 1e-6 && pre_err < 0.5,
+            "{bits}-bit pre-RoPE: decode vs full {pre_err}"
+        );
+        assert!(
+            between > 1e-6,
+            "{bits}-bit: pre- and post-RoPE decode agree ({between})"
+        );
+        assert_eq!(pre.bytes_after_prefill, post.bytes_after_prefill);
+        assert_eq!(pre.bytes_end, post.bytes_end);
+        if bits == "8" {
+            assert!(
+                pre_err < 0.02 && pre_err < 10.0 * post_err.max(1e-4),
+                "8-bit pre-RoPE decode vs full {pre_err} (post-RoPE {post_err})"
+            );
+        }
+    }
+}
+
 #[test]
 fn kivi_on_wgpu_matches_flex() {
     if !wgpu_available() {
@@ -156,4 +209,24 @@ fn bad_parameters_are_errors() {
         .unwrap()
         .to_string();
     assert!(err.contains("bits = 9 is out of range"), "{err}");
+    // pre_rope on a layer that declares no RoPE: an error naming the layer, no fallback.
+    let method = Kivi::build::<Flex>(&params(&[("key_position", "pre_rope")])).unwrap();
+    let layer = AttentionLayerSpec {
+        layer: 5,
+        n_query_heads: 4,
+        n_kv_heads: 2,
+        head_dim: 64,
+        sliding_window: None,
+        rope: None,
+    };
+    let ctx = CacheContext {
+        budget: Budget::Unlimited,
+        prompt_tokens: 10,
+        n_layers: 6,
+    };
+    let err = method.new_cache(&layer, &ctx).err().unwrap().to_string();
+    assert!(
+        err.contains("kivi") && err.contains("key_position") && err.contains("layer 5"),
+        "{err}"
+    );
 }

@@ -2,7 +2,7 @@ use serde::{Deserialize, Serialize};
 
 use longctx_core::{AttentionLayerSpec, Error, LayerSpec, Result};
 
-use crate::rope::RopeScaling;
+use crate::rope::{RopeScaling, RopeSpec};
 
 /// Which block layout a checkpoint follows.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -180,6 +180,29 @@ impl TransformerConfig {
         }
     }
 
+    /// RoPE of the global layers (and of local ones unless `local_rope_theta` is set).
+    pub fn global_rope_spec(&self) -> RopeSpec {
+        RopeSpec {
+            scaling: self.rope_scaling.clone(),
+            ..RopeSpec::neox(self.head_dim, self.rope_theta)
+        }
+    }
+
+    /// RoPE of the local layers when it differs from the global one (Gemma-3: its own base,
+    /// unscaled).
+    pub fn local_rope_spec(&self) -> Option<RopeSpec> {
+        self.local_rope_theta
+            .map(|theta| RopeSpec::neox(self.head_dim, theta))
+    }
+
+    /// The RoPE the model applies to the queries and keys of layer `layer`.
+    pub fn rope_spec_of(&self, layer: usize) -> RopeSpec {
+        match (self.layer_types[layer], self.local_rope_spec()) {
+            (LayerType::Local, Some(local)) => local,
+            _ => self.global_rope_spec(),
+        }
+    }
+
     /// The scale applied to attention scores.
     pub fn attention_scale(&self) -> f64 {
         1.0 / self
@@ -198,6 +221,7 @@ impl TransformerConfig {
                     n_kv_heads: self.n_kv_heads,
                     head_dim: self.head_dim,
                     sliding_window: self.window_of(layer),
+                    rope: Some(self.rope_spec_of(layer)),
                 })
             })
             .collect()
@@ -218,5 +242,43 @@ impl TransformerConfig {
         let embed = self.vocab_size * h;
         let head = if self.tie_embeddings { 0 } else { embed };
         embed + head + h + self.n_layers * per_layer
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::rope::Rope;
+
+    #[test]
+    fn layer_specs_carry_each_layers_rope() {
+        let mut c =
+            TransformerConfig::llama(100, 64, 128, 3, 4, 2, 16, 10000.0, 1e-6, 512, true, Some(8));
+        c.layer_types = vec![LayerType::Local, LayerType::Global, LayerType::Local];
+        c.rope_theta = 1e6;
+        c.rope_scaling = RopeScaling::Linear { factor: 8.0 };
+        c.local_rope_theta = Some(10000.0);
+        c.validate().unwrap();
+        let ropes: Vec<RopeSpec> = c
+            .layer_specs()
+            .into_iter()
+            .map(|l| match l {
+                LayerSpec::Attention(a) => a.rope.expect("every layer declares its RoPE"),
+                LayerSpec::Recurrent(_) => unreachable!(),
+            })
+            .collect();
+        assert_eq!(ropes[0], RopeSpec::neox(16, 10000.0));
+        assert_eq!(ropes[2], ropes[0]);
+        assert_eq!(ropes[1].theta, 1e6);
+        assert_eq!(ropes[1].scaling, RopeScaling::Linear { factor: 8.0 });
+        assert_eq!(ropes[1].rotary_dim, 16);
+        // What the model rotates with is what the specs say.
+        assert_eq!(
+            Rope::scaled(16, 1e6, &RopeScaling::Linear { factor: 8.0 }).inv_freq(),
+            &ropes[1].inv_freq()[..]
+        );
+        // Without a local base every layer uses the global RoPE.
+        c.local_rope_theta = None;
+        assert_eq!(c.rope_spec_of(0), c.global_rope_spec());
     }
 }

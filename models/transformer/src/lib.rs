@@ -23,6 +23,6 @@ pub use attention::attend;
 pub use config::{Family, LayerType, TransformerConfig};
 pub use model::{LayerWeights, Transformer};
 pub use pretrained::{Gemma3_270m, LocalModel, SmolLm2};
-pub use rope::{Rope, RopeScaling};
+pub use rope::{Rope, RopeScaling, RopeSpec};
 pub use tiny::TinyModel;
 pub use weights::WeightDtype;

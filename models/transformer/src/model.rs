@@ -6,7 +6,7 @@ use longctx_core::{
 
 use crate::attention::attend;
 use crate::config::{Family, LayerType, TransformerConfig};
-use crate::rope::{Rope, RopeScaling};
+use crate::rope::Rope;
 
 /// Weights of one decoder layer. Linear weights are stored `[in, out]` (`x @ w`); norm gains
 /// are the factor applied to the normalised input (for Gemma, `1 + w` of the checkpoint).
@@ -248,10 +248,9 @@ impl<B: Backend> Transformer<B> {
             dtype: format!("{:?}", embed.dtype()).to_lowercase(),
             parameter_count: c.parameter_count(),
         };
-        let rope = Rope::scaled(c.head_dim, c.rope_theta, &c.rope_scaling);
-        let local_rope = c
-            .local_rope_theta
-            .map(|theta| Rope::scaled(c.head_dim, theta, &RopeScaling::None));
+        // The same specs the layers declare to KV methods (`c.rope_spec_of`).
+        let rope = Rope::from_spec(&c.global_rope_spec());
+        let local_rope = c.local_rope_spec().map(|spec| Rope::from_spec(&spec));
         let device = embed.device();
         Ok(Self {
             config,
