@@ -1,6 +1,7 @@
 //! Run-time backend selection.
 //!
-//! longctx is one binary with every backend compiled in; `--backend` picks one at run time.
+//! longctx is one binary with its backends compiled in (the CPU ones and WGPU always, CUDA with
+//! the `cuda` feature: `cargo build --release --features cuda`); `--backend` picks one at run time.
 //! Code that needs a backend is written once as a [`BackendJob`] (generic over burn's
 //! `Backend`) and [`run_on`] instantiates it for the chosen backend after checking that the
 //! device is usable, so a missing GPU is an [`Error::Backend`] rather than a panic.
@@ -15,7 +16,8 @@ use serde::{Deserialize, Serialize};
 
 use longctx_core::{Error, Result};
 
-/// The CUDA backend type.
+/// The CUDA backend type (built with the `cuda` feature).
+#[cfg(feature = "cuda")]
 pub type CudaBackend = burn::backend::Cuda<f32, i32>;
 /// The WGPU backend type.
 pub type WgpuBackend = burn::backend::Wgpu<f32, i32>;
@@ -163,6 +165,7 @@ fn cpu_model() -> String {
         )
 }
 
+#[cfg(any(feature = "cuda", test))]
 fn nvidia_gpu_name() -> Option<String> {
     let out = std::process::Command::new("nvidia-smi")
         .args([
@@ -231,19 +234,32 @@ pub fn run_on<J: BackendJob>(kind: BackendKind, job: J) -> Result<J::Output> {
             };
             Ok(job.run::<WgpuBackend>(device, info))
         }
-        BackendKind::Cuda => {
-            let device = burn::backend::cuda::CudaDevice::default();
-            smoke_test::<CudaBackend>(&device).map_err(|m| {
-                unusable(format!("no usable NVIDIA GPU ({m}); the CUDA backend needs an NVIDIA driver (libcuda) and a GPU"))
-            })?;
-            let info = BackendInfo {
-                kind,
-                burn_name: CudaBackend::name(&device),
-                device: nvidia_gpu_name().unwrap_or_else(|| "NVIDIA GPU 0".into()),
-            };
-            Ok(job.run::<CudaBackend>(device, info))
-        }
+        BackendKind::Cuda => run_on_cuda(job, unusable),
     }
+}
+
+/// The CUDA arm of [`run_on`].
+#[cfg(feature = "cuda")]
+fn run_on_cuda<J: BackendJob>(job: J, unusable: impl Fn(String) -> Error) -> Result<J::Output> {
+    let device = burn::backend::cuda::CudaDevice::default();
+    smoke_test::<CudaBackend>(&device).map_err(|m| {
+        unusable(format!("no usable NVIDIA GPU ({m}); the CUDA backend needs an NVIDIA driver (libcuda) and a GPU"))
+    })?;
+    let info = BackendInfo {
+        kind: BackendKind::Cuda,
+        burn_name: CudaBackend::name(&device),
+        device: nvidia_gpu_name().unwrap_or_else(|| "NVIDIA GPU 0".into()),
+    };
+    Ok(job.run::<CudaBackend>(device, info))
+}
+
+/// Without the `cuda` feature the CUDA backend is not in the binary: say how to get it.
+#[cfg(not(feature = "cuda"))]
+fn run_on_cuda<J: BackendJob>(_job: J, unusable: impl Fn(String) -> Error) -> Result<J::Output> {
+    Err(unusable(
+        "this longctx was built without the CUDA backend; rebuild it with `cargo build --release --features cuda`"
+            .into(),
+    ))
 }
 
 #[cfg(test)]

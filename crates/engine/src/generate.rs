@@ -87,11 +87,20 @@ impl GenerationResult {
 fn pick<B: Backend>(logits: Tensor<B, 2>, sampler: &mut Option<Sampler>) -> Result<u32> {
     match sampler {
         None => {
+            let vocab = logits.dims()[1];
             let data = logits.argmax(1).into_data();
             let id = data
                 .iter::<i64>()
                 .next()
                 .ok_or_else(|| Error::Other("empty logits".into()))?;
+            // An argmax outside the vocabulary means no logit compared greater than the
+            // kernel's start value: the logits are NaN. Say so instead of feeding the model a
+            // token id that does not exist.
+            if !(0..vocab as i64).contains(&id) {
+                return Err(Error::Other(format!(
+                    "greedy decoding: argmax returned {id} for a vocabulary of {vocab}; the logits are not finite (NaN)"
+                )));
+            }
             Ok(id as u32)
         }
         Some(s) => {

@@ -12,6 +12,7 @@
 //!   measured bytes against a 16-bit full cache.
 
 pub mod cache;
+pub mod host;
 pub mod memory;
 pub mod method;
 pub mod packing;

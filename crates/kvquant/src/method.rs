@@ -24,6 +24,14 @@ impl QuantMethod {
         Ok(Self { name, config })
     }
 
+    /// [`Self::new`], boxed as the [`KvMethod`] a `MethodDescriptor::build` returns.
+    pub fn boxed<B: Backend>(
+        name: &'static str,
+        config: QuantCacheConfig,
+    ) -> Result<Box<dyn KvMethod<B>>> {
+        Ok(Box::new(Self::new(name, config)?))
+    }
+
     /// The cache configuration.
     pub fn config(&self) -> &QuantCacheConfig {
         &self.config

@@ -236,8 +236,24 @@ impl Quantizer {
         })
     }
 
-    /// Reconstructs `[1, H, T, head_dim]` in `float_dtype` from a chunk of `tokens` tokens.
+    /// Reconstructs `[1, H, T, head_dim]` in `float_dtype` from a chunk of `tokens` tokens: in
+    /// one host loop on CPU backends ([`crate::host`]), with device tensor ops elsewhere.
     pub fn dequantize<B: Backend>(
+        &self,
+        chunk: &QuantizedChunk<B>,
+        tokens: usize,
+        head_dim: usize,
+        float_dtype: FloatDType,
+    ) -> Tensor<B, 4> {
+        if crate::host::is_host_backend::<B>(&chunk.codes.device()) {
+            crate::host::dequantize(self, chunk, tokens, head_dim, float_dtype)
+        } else {
+            self.dequantize_with_tensor_ops(chunk, tokens, head_dim, float_dtype)
+        }
+    }
+
+    /// [`Self::dequantize`] as backend tensor ops (the path GPU backends take).
+    pub fn dequantize_with_tensor_ops<B: Backend>(
         &self,
         chunk: &QuantizedChunk<B>,
         tokens: usize,

@@ -401,3 +401,15 @@ fn kivi_bookkeeping_wgpu() {
         run::<Wgpu>(1000, 40, 2, 1e-5);
     }
 }
+
+#[cfg(feature = "cuda")]
+#[test]
+fn kivi_bookkeeping_cuda() {
+    if cuda_requested() {
+        type C = burn::backend::Cuda;
+        run::<C>(1, 260, 2, 1e-5);
+        run::<C>(1000, 40, 2, 1e-5);
+        run::<C>(1000, 40, 4, 1e-5);
+        run::<C>(3744, 20, 2, 1e-5);
+    }
+}

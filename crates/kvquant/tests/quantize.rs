@@ -376,3 +376,49 @@ fn rope_round_trip_wgpu() {
         rope_round_trip::<Wgpu>();
     }
 }
+
+/// The host dequantizer CPU backends use gives exactly what the tensor-op path gives, for
+/// both schemes, every grouping and bit widths whose top field reaches the sign bit.
+fn host_and_tensor_paths_agree<B: Backend>() {
+    let (h, t, d) = (3, 96, 40);
+    let x = data(h, t, d, 11);
+    for bits in [1, 2, 3, 4, 8] {
+        for (axis, group, scheme) in [
+            (QuantAxis::Token, 32, QuantScheme::Asymmetric),
+            (QuantAxis::Token, 0, QuantScheme::Asymmetric),
+            (QuantAxis::Channel, 32, QuantScheme::Asymmetric),
+            (QuantAxis::Token, 0, QuantScheme::Symmetric),
+        ] {
+            if scheme == QuantScheme::Symmetric && bits < 2 {
+                continue;
+            }
+            let q = Quantizer::new::<B>(spec(bits, group, axis, scheme), &Default::default());
+            let chunk = q.quantize(tensor::<B>(&x, h, t, d)).unwrap();
+            assert!(longctx_kvquant::host::is_host_backend::<B>(
+                &Default::default()
+            ));
+            let host = values(q.dequantize(&chunk, t, d, FloatDType::F32));
+            let ops = values(q.dequantize_with_tensor_ops(&chunk, t, d, FloatDType::F32));
+            assert_eq!(host, ops, "{bits}-bit {axis:?} group {group} {scheme:?}");
+        }
+    }
+}
+
+#[test]
+fn host_and_tensor_paths_agree_flex() {
+    host_and_tensor_paths_agree::<Flex>();
+}
+
+#[test]
+fn host_and_tensor_paths_agree_ndarray() {
+    host_and_tensor_paths_agree::<NdArray>();
+}
+
+#[cfg(feature = "cuda")]
+#[test]
+fn packing_and_round_trip_cuda() {
+    if cuda_requested() {
+        packing_round_trips::<burn::backend::Cuda>();
+        round_trip_within_half_step::<burn::backend::Cuda>(false);
+    }
+}

@@ -90,9 +90,6 @@ impl MethodDescriptor for FlexGen {
     }
 
     fn build<B: Backend>(params: &Params) -> Result<Box<dyn KvMethod<B>>> {
-        Ok(Box::new(QuantMethod::new(
-            Self::NAME,
-            Self::config(params)?,
-        )?))
+        QuantMethod::boxed(Self::NAME, Self::config(params)?)
     }
 }

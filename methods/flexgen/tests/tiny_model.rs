@@ -111,3 +111,28 @@ fn flexgen_through_the_runner() {
         vec![2 * 2 * 256 * per_token_and_head; 2]
     );
 }
+
+/// Opt-in: `LONGCTX_CUDA_TESTS=1 cargo test --release -p PKG --features cuda` on a GPU machine.
+/// Observed on an H200 (2026-11-28): FAILS, cuda vs flex logits differ by 5.3e-3 with quantize_prefill while the
+/// kvquant cache tests pass on CUDA exactly. CUDA's f32 matmuls run in TF32
+/// (`results/backends/parity-ndarray-wgpu-cuda-h100.json`), and that noise can flip low-bit
+/// codes; whether it explains all of the gap is open (see `crates/kvquant/README.md`).
+#[cfg(feature = "cuda")]
+#[test]
+fn flexgen_on_cuda_matches_flex() {
+    if !cuda_requested() {
+        return;
+    }
+    for quantize_prefill in ["true", "false"] {
+        let (flex, cuda) = (
+            run::<Flex>(quantize_prefill),
+            run::<burn::backend::Cuda>(quantize_prefill),
+        );
+        let err = max_relative_error(&cuda.logits, &flex.logits);
+        assert!(
+            err <= CROSS_BACKEND,
+            "quantize_prefill={quantize_prefill}: cuda vs flex {err}"
+        );
+        assert_eq!(cuda.bytes_end, flex.bytes_end);
+    }
+}

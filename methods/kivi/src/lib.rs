@@ -88,9 +88,6 @@ impl MethodDescriptor for Kivi {
     }
 
     fn build<B: Backend>(params: &Params) -> Result<Box<dyn KvMethod<B>>> {
-        Ok(Box::new(QuantMethod::new(
-            Self::NAME,
-            Self::config(params)?,
-        )?))
+        QuantMethod::boxed(Self::NAME, Self::config(params)?)
     }
 }

@@ -230,3 +230,23 @@ fn bad_parameters_are_errors() {
         "{err}"
     );
 }
+
+/// Opt-in: `LONGCTX_CUDA_TESTS=1 cargo test --release -p PKG --features cuda` on a GPU machine.
+/// Observed on an H200 (2026-11-28): FAILS, cuda vs flex logits differ by 8.3e-3 at 2 bits while the
+/// kvquant cache tests pass on CUDA exactly. CUDA's f32 matmuls run in TF32
+/// (`results/backends/parity-ndarray-wgpu-cuda-h100.json`), and that noise can flip low-bit
+/// codes; whether it explains all of the gap is open (see `crates/kvquant/README.md`).
+#[cfg(feature = "cuda")]
+#[test]
+fn kivi_on_cuda_matches_flex() {
+    if !cuda_requested() {
+        return;
+    }
+    for bits in ["2", "4"] {
+        let (flex, cuda) = (run::<Flex>(bits), run::<burn::backend::Cuda>(bits));
+        let err = max_relative_error(&cuda.logits, &flex.logits);
+        assert!(err <= CROSS_BACKEND, "{bits}-bit: cuda vs flex {err}");
+        assert_eq!(cuda.bytes_after_prefill, flex.bytes_after_prefill);
+        assert_eq!(cuda.bytes_end, flex.bytes_end);
+    }
+}

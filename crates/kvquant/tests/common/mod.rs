@@ -149,3 +149,13 @@ pub fn wgpu_available() -> bool {
         }
     }
 }
+
+/// Whether to run the CUDA variants: only when `LONGCTX_CUDA_TESTS=1` (CI has no GPU).
+#[cfg(feature = "cuda")]
+pub fn cuda_requested() -> bool {
+    let on = std::env::var("LONGCTX_CUDA_TESTS").is_ok_and(|v| v == "1");
+    if !on {
+        eprintln!("skipping cuda: set LONGCTX_CUDA_TESTS=1 on a machine with an NVIDIA GPU");
+    }
+    on
+}
