@@ -7,7 +7,9 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
 use longctx_backend::{BackendInfo, BackendKind};
-use longctx_core::{Budget, LayerSpec, Params, RawParams, Registry, Result, Sample, TextTokenizer};
+use longctx_core::{
+    Budget, Error, LayerSpec, Params, RawParams, Registry, Result, Sample, TextTokenizer,
+};
 use longctx_engine::{generate, score_continuation, GenerationConfig, Sampling};
 
 use crate::provenance::Provenance;
@@ -46,6 +48,19 @@ impl CellConfig {
         sampling: Sampling,
         max_prefill_chunk: Option<usize>,
     ) -> Result<Self> {
+        let method_params = registry.method_params(method.0, method.1)?;
+        // A budget given to a method that keeps everything (full, quantization) would be
+        // silently ignored and still name the record: refuse it.
+        let capabilities = registry
+            .build_method(method.0, &method_params)?
+            .capabilities();
+        if budget.is_limited() && !capabilities.uses_budget {
+            return Err(Error::Budget(format!(
+                "method '{}' takes no budget (what it keeps follows from its parameters); \
+                 drop --budget {budget} or use --budget unlimited",
+                method.0
+            )));
+        }
         Ok(Self {
             model: Component {
                 name: model.0.into(),
@@ -53,7 +68,7 @@ impl CellConfig {
             },
             method: Component {
                 name: method.0.into(),
-                params: registry.method_params(method.0, method.1)?,
+                params: method_params,
             },
             budget,
             task: Component {
@@ -402,6 +417,29 @@ mod tests {
         let back: RunRecord = serde_json::from_slice(&std::fs::read(&path).unwrap()).unwrap();
         assert_eq!(back.config, c);
         std::fs::remove_dir_all(dir).unwrap();
+    }
+
+    #[test]
+    fn a_budget_for_a_method_that_takes_none_is_an_error() {
+        let registry = longctx_registry::builtin::<Flex>();
+        for method in ["full", "kivi"] {
+            let err = CellConfig::resolve(
+                &registry,
+                ("tiny", &RawParams::new()),
+                (method, &RawParams::new()),
+                Budget::Ratio(4.0),
+                ("passkey", &RawParams::new()),
+                BackendKind::Cpu,
+                Sampling::Greedy,
+                None,
+            )
+            .unwrap_err()
+            .to_string();
+            assert!(
+                err.contains(&format!("method '{method}' takes no budget")) && err.contains("4x"),
+                "{err}"
+            );
+        }
     }
 
     #[test]

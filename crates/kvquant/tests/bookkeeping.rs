@@ -213,6 +213,29 @@ fn layer(rope: Option<RopeSpec>) -> AttentionLayerSpec {
     }
 }
 
+thread_local! {
+    /// Whether [`input`] hands the cache strided tensors, as the model does.
+    static TRANSPOSED_INPUTS: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
+/// The prompt's `[1, H, T, D]` keys or values (`x` in that order): a contiguous tensor, or with
+/// [`TRANSPOSED_INPUTS`] the same values as the model produces them, `[1, T, H, D]` with heads
+/// and tokens swapped (a strided view, not a copy).
+fn input<B: Backend>(x: &[f32], tokens: usize) -> Tensor<B, 4> {
+    if !TRANSPOSED_INPUTS.get() {
+        return tensor::<B>(x, H, tokens, D);
+    }
+    let mut token_major = vec![0.0; x.len()];
+    for h in 0..H {
+        for t in 0..tokens {
+            let (from, to) = ((h * tokens + t) * D, (t * H + h) * D);
+            token_major[to..to + D].copy_from_slice(&x[from..from + D]);
+        }
+    }
+    // `tensor` builds `[1, a, b, D]` from its `(a, b)`: here `[1, T, H, D]`.
+    tensor::<B>(&token_major, tokens, H, D).swap_dims(1, 2)
+}
+
 fn run_keys<B: Backend>(
     prompt: usize,
     decode_steps: usize,
@@ -229,8 +252,8 @@ fn run_keys<B: Backend>(
     let tol = (tol, rope);
     cache
         .append(
-            tensor::<B>(&prefix(&xk, t_all, prompt), H, prompt, D),
-            tensor::<B>(&prefix(&xv, t_all, prompt), H, prompt, D),
+            input::<B>(&prefix(&xk, t_all, prompt), prompt),
+            input::<B>(&prefix(&xv, t_all, prompt), prompt),
             &(0..prompt).collect::<Vec<_>>(),
         )
         .unwrap();
@@ -411,5 +434,28 @@ fn kivi_bookkeeping_cuda() {
         run::<C>(1000, 40, 2, 1e-5);
         run::<C>(1000, 40, 4, 1e-5);
         run::<C>(3744, 20, 2, 1e-5);
+    }
+}
+
+/// The model hands the cache strided keys/values (`[1, T, H, D]` swapped to `[1, H, T, D]`);
+/// the cache must store what they hold, not what their memory order suggests.
+#[test]
+fn kivi_bookkeeping_transposed_inputs() {
+    TRANSPOSED_INPUTS.set(true);
+    run::<Flex>(300, 40, 2, 0.0);
+    run::<NdArray>(129, 40, 4, 1e-5);
+    if wgpu_available() {
+        run::<Wgpu>(300, 40, 2, 1e-5);
+    }
+}
+
+#[cfg(feature = "cuda")]
+#[test]
+fn kivi_bookkeeping_transposed_inputs_cuda() {
+    if cuda_requested() {
+        TRANSPOSED_INPUTS.set(true);
+        type C = burn::backend::Cuda;
+        run::<C>(300, 40, 2, 1e-5);
+        run::<C>(3744, 20, 4, 1e-5);
     }
 }
