@@ -4,7 +4,8 @@
 //! masks, interleaving stacks and broadcast scale multiplies) runs on strided iterators at about
 //! 50 ns per element, which made every decode step with a quantized cache dequantize the whole
 //! store at ~2 s per step on SmolLM2. Reading the buffers out (a copy of the packed words, not
-//! of the dequantized values) and decoding them in one pass costs about 2 ns per element (`results/kvquant/dequant_speed.txt`). On GPU
+//! of the dequantized values) and decoding them in one pass costs about 2 ns per element
+//! (`results/kvquant/dequant_speed.txt`). On GPU
 //! backends the tensor ops stay on the device and this path is not used.
 
 use burn::tensor::{backend::Backend, DType, FloatDType, Tensor, TensorData};
