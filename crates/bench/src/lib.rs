@@ -98,6 +98,7 @@ impl BackendJob for PerfJob {
             sampling: Sampling::Greedy,
             stop_tokens: Vec::new(),
             max_prefill_chunk: None,
+            question_tokens: 0,
         };
         let vocab = model.info().vocab_size;
         let mut rows = Vec::new();

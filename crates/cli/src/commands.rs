@@ -217,6 +217,7 @@ pub fn generate(
         sampling,
         stop_tokens: Vec::new(),
         max_prefill_chunk: args.max_prefill_chunk,
+        question_tokens: 0,
     };
     let backend = args.backend;
     run_on(

@@ -32,7 +32,18 @@ fn list_shows_full_with_its_parameters() {
         .iter()
         .map(|m| m["name"].as_str().unwrap())
         .collect();
-    for name in ["full", "kivi", "flexgen", "int8"] {
+    for name in [
+        "full",
+        "kivi",
+        "flexgen",
+        "int8",
+        "streaming-llm",
+        "h2o",
+        "snapkv",
+        "pyramidkv",
+        "tova",
+        "knorm",
+    ] {
         assert!(methods.contains(&name), "{methods:?}");
     }
 }

@@ -45,9 +45,33 @@ pub struct KvView<B: Backend> {
     /// Entries to ignore per head, `[1, H_kv, 1, T_kv]`, `true` = masked. Lets a cache that keeps a
     /// different number of tokens per head (stored ragged) present them padded to one width.
     pub padding_mask: Option<Tensor<B, 4, Bool>>,
+    /// A sparse attention pattern over the entries, on top of causality and the layer's own
+    /// sliding window; `None` = every held entry is visible.
+    pub window: Option<ViewWindow>,
+}
+
+/// Attention sinks plus a local window (StreamingLLM's and InfLLM's in-chunk pattern): the
+/// first `sinks` entries of the view are visible to every query after them; any other entry
+/// at position `k` is visible to a query at position `q` iff `q - local < k <= q`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct ViewWindow {
+    pub sinks: usize,
+    pub local: usize,
 }
 
 impl<B: Backend> KvView<B> {
+    /// A view of `keys`/`values` `[1, H_kv, T_kv, D]` at `positions`, with no padding and no
+    /// window.
+    pub fn dense(keys: Tensor<B, 4>, values: Tensor<B, 4>, positions: Vec<usize>) -> Self {
+        Self {
+            keys,
+            values,
+            positions,
+            padding_mask: None,
+            window: None,
+        }
+    }
+
     /// Number of entries `T_kv`.
     pub fn len(&self) -> usize {
         self.positions.len()
@@ -64,9 +88,11 @@ impl<B: Backend> KvView<B> {
 pub struct AttentionObservation<B: Backend> {
     /// Queries after RoPE, `[1, H_q, T_q, D]`, if the method asked for them.
     pub queries: Option<Tensor<B, 4>>,
-    /// Softmax attention weights over the view, `[1, H_q, T_q, T_kv]`, if the method asked.
+    /// Softmax attention weights over the view, `[1, H_q, R, T_kv]`, if the method asked: the
+    /// rows of the last `R` queries (`R = T_q` unless the method asked for fewer rows).
     pub weights: Option<Tensor<B, 4>>,
-    /// Absolute positions of the queries (length `T_q`).
+    /// Absolute positions of the queries of this forward (length `T_q`); weight rows belong to
+    /// the last `R` of them.
     pub query_positions: Vec<usize>,
 }
 
@@ -102,6 +128,19 @@ pub trait KvCache<B: Backend>: Send {
     /// Whether the cache holds nothing.
     fn is_empty(&self) -> bool {
         self.len() == 0
+    }
+
+    /// The tokens this cache is allowed to hold once compressed (its resolved budget), or `None`
+    /// when it is unlimited. Recorded beside the tokens really held.
+    fn budget_tokens(&self) -> Option<usize> {
+        None
+    }
+
+    /// The original positions held per KV head, for caches that drop tokens (`None`: every
+    /// token appended is held). Tests compare backends with it; records can tell whether a
+    /// needle survived.
+    fn held_positions(&self) -> Option<Vec<Vec<usize>>> {
+        None
     }
 
     /// Bytes of the buffers this cache really holds (codes, scales, residuals, indices), as

@@ -30,7 +30,7 @@ pub mod tensor_util;
 pub mod tokenizer;
 
 pub use budget::Budget;
-pub use cache::{AttentionObservation, CompressionPhase, KvCache, KvView};
+pub use cache::{AttentionObservation, CompressionPhase, KvCache, KvView, ViewWindow};
 pub use error::{Error, Result};
 pub use method::{
     CacheContext, CompressionSchedule, KvMethod, MethodCapabilities, MethodDescriptor,

@@ -17,6 +17,11 @@ pub struct ObservationNeeds {
     pub queries: bool,
     /// Softmax attention weights over the cache view.
     pub attention_weights: bool,
+    /// With `attention_weights`: compute the weights of the last `n` query rows of each forward
+    /// only (SnapKV's observation window, TOVA's last query), so the output keeps the fused path
+    /// and the weights cost `O(n * T)` instead of `O(T^2)`. `None` = every row.
+    #[serde(default)]
+    pub weight_rows: Option<usize>,
 }
 
 impl ObservationNeeds {
@@ -25,11 +30,36 @@ impl ObservationNeeds {
         self.queries || self.attention_weights
     }
 
-    /// The union of two needs.
+    /// The union of two needs (all rows win over a last-rows limit).
     pub fn union(self, other: Self) -> Self {
+        let rows = |n: &Self| n.attention_weights.then_some(n.weight_rows);
+        let weight_rows = match (rows(&self), rows(&other)) {
+            (Some(None), _) | (_, Some(None)) => None,
+            (Some(Some(a)), Some(Some(b))) => Some(a.max(b)),
+            (Some(r), None) | (None, Some(r)) => r,
+            (None, None) => None,
+        };
         Self {
             queries: self.queries || other.queries,
             attention_weights: self.attention_weights || other.attention_weights,
+            weight_rows,
+        }
+    }
+
+    /// Attention weights of every query row.
+    pub fn all_weights() -> Self {
+        Self {
+            attention_weights: true,
+            ..Self::default()
+        }
+    }
+
+    /// Attention weights of the last `rows` query rows of each forward.
+    pub fn last_weights(rows: usize) -> Self {
+        Self {
+            attention_weights: true,
+            weight_rows: Some(rows),
+            ..Self::default()
         }
     }
 }
@@ -60,10 +90,18 @@ pub enum MethodFamily {
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct MethodCapabilities {
     pub family: MethodFamily,
+    /// What attention must hand the caches while the prompt is processed.
     pub observes: ObservationNeeds,
+    /// What attention must hand the caches during decoding (H2O observes only here, SnapKV only
+    /// in prefill, so each phase keeps the fused path when it can).
+    pub observes_decode: ObservationNeeds,
     pub schedule: CompressionSchedule,
     /// Whether the method uses a token or byte budget (quantization and `full` do not).
     pub uses_budget: bool,
+    /// Whether the question at the end of the prompt goes through prefill compression (a
+    /// query-aware setting). When `false`, the runner prefills and compresses the context, and
+    /// then processes the question with no compression call, as kvpress does by default.
+    pub compresses_question: bool,
 }
 
 /// What a method knows when it builds a layer's cache for one sequence.
@@ -71,7 +109,8 @@ pub struct MethodCapabilities {
 pub struct CacheContext {
     /// The budget asked for.
     pub budget: Budget,
-    /// Prompt length in tokens (the budget ratio's reference length).
+    /// Length in tokens of the prompt part that goes through compression (the whole prompt, or
+    /// the context without the question): the budget ratio's reference length.
     pub prompt_tokens: usize,
     /// Number of layers of the model.
     pub n_layers: usize,

@@ -48,7 +48,8 @@ impl<B: Backend> LayerState<B> {
 /// All per-layer state of one sequence, owned by the caller and passed to every forward call.
 pub struct SequenceState<B: Backend> {
     pub layers: Vec<LayerState<B>>,
-    /// What the attention layers must hand their caches (the method's declared needs).
+    /// What the attention layers must hand their caches now (the method's declared needs for
+    /// the current phase; the runner switches it from prefill to decode).
     pub observe: ObservationNeeds,
     /// Number of tokens processed so far (the next absolute position).
     pub processed_tokens: usize,
@@ -113,6 +114,28 @@ impl<B: Backend> SequenceState<B> {
     /// Bytes held per layer.
     pub fn memory_bytes_per_layer(&self) -> Vec<usize> {
         self.layers.iter().map(LayerState::memory_bytes).collect()
+    }
+
+    /// Resolved token budget per layer (`None` for recurrent layers and unlimited caches).
+    pub fn budget_tokens_per_layer(&self) -> Vec<Option<usize>> {
+        self.layers
+            .iter()
+            .map(|l| match l {
+                LayerState::Attention(c) => c.budget_tokens(),
+                LayerState::Recurrent(_) => None,
+            })
+            .collect()
+    }
+
+    /// Original positions held per layer and KV head, where the cache reports them.
+    pub fn held_positions_per_layer(&self) -> Vec<Option<Vec<Vec<usize>>>> {
+        self.layers
+            .iter()
+            .map(|l| match l {
+                LayerState::Attention(c) => c.held_positions(),
+                LayerState::Recurrent(_) => None,
+            })
+            .collect()
     }
 
     /// Tokens held per layer (`None` for recurrent layers).

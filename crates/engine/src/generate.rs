@@ -20,6 +20,11 @@ pub struct GenerationConfig {
     /// Upper bound on prefill chunk length, independent of the method (bounds activation
     /// memory); `None` = the method's chunk size, or the whole prompt.
     pub max_prefill_chunk: Option<usize>,
+    /// How many tokens at the end of the prompt are the question (0 = none known). For a
+    /// method that declares `compresses_question: false`, those tokens are processed after the
+    /// end-of-prefill compression and are never compressed in prefill.
+    #[serde(default)]
+    pub question_tokens: usize,
 }
 
 impl Default for GenerationConfig {
@@ -29,6 +34,7 @@ impl Default for GenerationConfig {
             sampling: Sampling::Greedy,
             stop_tokens: Vec::new(),
             max_prefill_chunk: None,
+            question_tokens: 0,
         }
     }
 }
@@ -65,6 +71,17 @@ pub struct GenerationResult {
     pub tokens_held_after_prefill: Vec<Option<usize>>,
     /// Tokens held per attention layer at the end.
     pub tokens_held_end: Vec<Option<usize>>,
+    /// Prompt tokens at the end (the question) kept out of prefill compression.
+    #[serde(default)]
+    pub uncompressed_question_tokens: usize,
+    /// Each attention layer's resolved token budget (`None`: unlimited or recurrent).
+    #[serde(default)]
+    pub budget_tokens_per_layer: Vec<Option<usize>>,
+    /// Original positions held per layer and KV head at the end, for caches that drop tokens
+    /// (`None`: everything held, or a recurrent layer). Not serialised: large; for tests and
+    /// needle survival checks.
+    #[serde(skip)]
+    pub held_positions_end: Vec<Option<Vec<Vec<usize>>>>,
 }
 
 impl GenerationResult {
@@ -173,6 +190,7 @@ pub fn score_continuation<B: Backend>(
         sampling: Sampling::Greedy,
         stop_tokens: Vec::new(),
         max_prefill_chunk,
+        question_tokens: 0,
     };
     let (generation, forced) = run_sequence(
         model,
@@ -242,9 +260,16 @@ fn run_sequence<B: Backend>(
         )));
     }
     let caps = method.capabilities();
+    // The question tail kept out of prefill compression (at least one context token remains).
+    let question = if caps.compresses_question {
+        0
+    } else {
+        config.question_tokens.min(prompt.len() - 1)
+    };
+    let context_len = prompt.len() - question;
     let ctx = CacheContext {
         budget,
-        prompt_tokens: prompt.len(),
+        prompt_tokens: context_len,
         n_layers: info.layers.len(),
     };
     let mut state = SequenceState::new(&info.layers, method, &ctx)?;
@@ -274,8 +299,8 @@ fn run_sequence<B: Backend>(
         .max(1);
     let mut logits = None;
     let mut offset = 0;
-    while offset < prompt.len() {
-        let end = (offset + chunk).min(prompt.len());
+    while offset < context_len {
+        let end = (offset + chunk).min(context_len);
         let positions: Vec<usize> = (offset..end).collect();
         logits = Some(model.forward(
             &prompt[offset..end],
@@ -291,6 +316,20 @@ fn run_sequence<B: Backend>(
     if caps.schedule.after_prefill {
         compress(&mut state, CompressionPhase::PrefillEnd)?;
     }
+    // The question, uncompressed, bounded only by the caller's chunk limit.
+    let question_chunk = config.max_prefill_chunk.unwrap_or(question).max(1);
+    while offset < prompt.len() {
+        let end = (offset + question_chunk).min(prompt.len());
+        let positions: Vec<usize> = (offset..end).collect();
+        logits = Some(model.forward(
+            &prompt[offset..end],
+            &positions,
+            &mut state,
+            LogitsSelection::Last,
+        )?);
+        offset = end;
+    }
+    state.observe = caps.observes_decode;
     let mut forced_scores = Vec::new();
     // Chooses the next token: the forced one (scoring it) or the sampler's.
     let mut choose = |logits: Tensor<B, 2>, step: usize, sampler: &mut Option<Sampler>| match forced
@@ -345,6 +384,9 @@ fn run_sequence<B: Backend>(
         state_bytes_end: state.memory_bytes_per_layer(),
         tokens_held_after_prefill,
         tokens_held_end: state.tokens_per_layer(),
+        uncompressed_question_tokens: question,
+        budget_tokens_per_layer: state.budget_tokens_per_layer(),
+        held_positions_end: state.held_positions_per_layer(),
     };
     Ok((result, forced_scores))
 }

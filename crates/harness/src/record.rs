@@ -30,6 +30,13 @@ pub struct SampleRecord {
     pub state_bytes_end: Vec<usize>,
     pub tokens_held_after_prefill: Vec<Option<usize>>,
     pub tokens_held_end: Vec<Option<usize>>,
+    /// Each attention layer's resolved token budget (`None`: unlimited or recurrent).
+    #[serde(default)]
+    pub budget_tokens_per_layer: Vec<Option<usize>>,
+    /// Prompt tokens at the end (the question) kept out of prefill compression: 0 when the
+    /// method compresses the question too (query-aware) or the task has none.
+    #[serde(default)]
+    pub uncompressed_question_tokens: usize,
 }
 
 /// Metric means, overall and broken down by the task's grouping keys.

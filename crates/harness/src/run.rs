@@ -126,6 +126,31 @@ fn mean(v: impl Iterator<Item = f64>) -> Option<f64> {
     (n > 0).then(|| s / n as f64)
 }
 
+/// How many tokens at the end of `prompt` (the ids of `prompt_text`) belong to the question:
+/// everything from the question's first character on (question, chat-template end, answer
+/// prefix). The text before the question is encoded alone; where its ids are not a prefix of
+/// the prompt's (a merge across the boundary), the common prefix decides.
+pub fn question_token_count(
+    sample: &Sample,
+    tokenizer: &dyn TextTokenizer,
+    prompt_text: &str,
+    prompt: &[u32],
+) -> Result<usize> {
+    if sample.question.is_empty() {
+        return Ok(0);
+    }
+    let Some(start) = prompt_text.rfind(&sample.question) else {
+        return Ok(0);
+    };
+    let before = tokenizer.encode(&prompt_text[..start], true)?;
+    let common = before
+        .iter()
+        .zip(prompt)
+        .take_while(|(a, b)| a == b)
+        .count();
+    Ok(prompt.len() - common)
+}
+
 /// The text a sample's prompt is encoded from: with the model's chat template around
 /// instruction, context and question when the sample asks for it and the model has one (the
 /// answer prefix then follows the template), else [`Sample::prompt`].
@@ -207,6 +232,12 @@ pub fn run_cell<B: Backend>(
                     sampling: config.sampling,
                     stop_tokens: tokenizer.stop_tokens(),
                     max_prefill_chunk: config.max_prefill_chunk,
+                    question_tokens: question_token_count(
+                        sample,
+                        tokenizer,
+                        &prompt_text,
+                        &prompt,
+                    )?,
                 };
                 let out = generate(
                     loaded.model.as_ref(),
@@ -253,6 +284,8 @@ pub fn run_cell<B: Backend>(
             state_bytes_end: out.state_bytes_end,
             tokens_held_after_prefill: out.tokens_held_after_prefill,
             tokens_held_end: out.tokens_held_end,
+            budget_tokens_per_layer: out.budget_tokens_per_layer,
+            uncompressed_question_tokens: out.uncompressed_question_tokens,
         });
     }
 
@@ -364,6 +397,36 @@ mod tests {
         assert_eq!(
             prompt_text(&sample, &longctx_core::ByteTokenizer),
             "I C Q? A:"
+        );
+    }
+
+    #[test]
+    fn the_question_tail_is_everything_from_the_question_on() {
+        let mut sample = Sample {
+            id: "s".into(),
+            instruction: "I ".into(),
+            context: "C ".into(),
+            question: "Q?".into(),
+            answer_prefix: " A:".into(),
+            references: vec![],
+            max_new_tokens: 1,
+            chat_template: false,
+            metadata: Default::default(),
+            continuation: None,
+        };
+        for (chat, tail) in [(false, "Q? A:"), (true, "Q?</user><bot> A:")] {
+            sample.chat_template = chat;
+            let text = prompt_text(&sample, &Chatty);
+            let ids = Chatty.encode(&text, true).unwrap();
+            let n = question_token_count(&sample, &Chatty, &text, &ids).unwrap();
+            assert_eq!(n, tail.len(), "chat template {chat}");
+        }
+        sample.question.clear();
+        let text = prompt_text(&sample, &Chatty);
+        let ids = Chatty.encode(&text, true).unwrap();
+        assert_eq!(
+            question_token_count(&sample, &Chatty, &text, &ids).unwrap(),
+            0
         );
     }
 

@@ -395,6 +395,7 @@ impl<B: Backend> KvCache<B> for QuantKvCache<B> {
             values: p.values.materialize(p.model_dtype, None),
             positions: self.positions.clone(),
             padding_mask: None,
+            window: None,
         }
     }
 

@@ -52,6 +52,7 @@ impl<B: Backend> KvMethod<B> for QuantMethod {
         MethodCapabilities {
             family: MethodFamily::Quantization,
             observes: ObservationNeeds::default(),
+            observes_decode: ObservationNeeds::default(),
             // Flush after the prompt and after every decode step: attention of a step sees the
             // step's own key/value in full precision, as KIVI's decode does.
             schedule: CompressionSchedule {
@@ -60,6 +61,8 @@ impl<B: Backend> KvMethod<B> for QuantMethod {
                 decode_interval: Some(1),
             },
             uses_budget: false,
+            // The whole prompt is prefilled before the first flush, question included.
+            compresses_question: true,
         }
     }
 

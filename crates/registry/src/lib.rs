@@ -19,6 +19,12 @@ pub fn builtin<B: Backend>() -> Registry<B> {
     r.register_method::<longctx_method_kivi::Kivi>();
     r.register_method::<longctx_method_flexgen::FlexGen>();
     r.register_method::<longctx_method_int8::Int8>();
+    r.register_method::<longctx_method_streaming_llm::StreamingLlm>();
+    r.register_method::<longctx_method_h2o::H2o>();
+    r.register_method::<longctx_method_snapkv::SnapKv>();
+    r.register_method::<longctx_method_pyramidkv::PyramidKv>();
+    r.register_method::<longctx_method_tova::Tova>();
+    r.register_method::<longctx_method_knorm::KNorm>();
     // Tasks
     r.register_task::<longctx_task_passkey::Passkey>();
     r.register_task::<longctx_task_niah::Niah>();
@@ -37,7 +43,18 @@ mod tests {
     #[test]
     fn builtins_are_listed_and_unknown_names_list_valid_ones() {
         let r = builtin::<Flex>();
-        for method in ["full", "kivi", "flexgen", "int8"] {
+        for method in [
+            "full",
+            "kivi",
+            "flexgen",
+            "int8",
+            "streaming-llm",
+            "h2o",
+            "snapkv",
+            "pyramidkv",
+            "tova",
+            "knorm",
+        ] {
             assert!(r.methods().any(|m| m.name == method), "{method}");
             // Every method builds from its defaults, under its own name.
             let p = r.method_params(method, &RawParams::new()).unwrap();
@@ -58,7 +75,7 @@ mod tests {
             .to_string();
         assert_eq!(
             err,
-            "unknown method 'fulll'; valid methods: flexgen, full, int8, kivi"
+            "unknown method 'fulll'; valid methods: flexgen, full, h2o, int8, kivi, knorm, pyramidkv, snapkv, streaming-llm, tova"
         );
         let err = r
             .task_params(

@@ -45,8 +45,10 @@ impl<B: Backend> KvMethod<B> for Full {
         MethodCapabilities {
             family: MethodFamily::Baseline,
             observes: ObservationNeeds::default(),
+            observes_decode: ObservationNeeds::default(),
             schedule: CompressionSchedule::default(),
             uses_budget: false,
+            compresses_question: true,
         }
     }
 
@@ -137,12 +139,7 @@ impl<B: Backend> KvCache<B> for FullCache<B> {
             let [b, h, _, d] = t.dims();
             t.clone().slice([0..b, 0..h, 0..len, 0..d])
         };
-        KvView {
-            keys: take(&self.keys),
-            values: take(&self.values),
-            positions: self.positions.clone(),
-            padding_mask: None,
-        }
+        KvView::dense(take(&self.keys), take(&self.values), self.positions.clone())
     }
 
     fn len(&self) -> usize {

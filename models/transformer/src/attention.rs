@@ -3,7 +3,7 @@ use burn::tensor::{
     Int, Tensor, TensorData,
 };
 
-use longctx_core::{KvView, ObservationNeeds};
+use longctx_core::{KvView, ObservationNeeds, ViewWindow};
 
 /// The output of [`attend`]: the attention output and, if asked for, the softmax weights.
 pub struct Attended<B: Backend> {
@@ -43,11 +43,31 @@ fn plain_causal(
     }
 }
 
-/// Boolean mask `[1, 1, T, T_kv]`, `true` = masked: keys after the query, or outside the window.
+/// Whether a view's sinks-plus-local pattern hides nothing from these queries: every entry
+/// after the sinks is within `local` of the last query.
+fn window_hides_nothing(
+    view_positions: &[usize],
+    query_positions: &[usize],
+    view_window: Option<ViewWindow>,
+) -> bool {
+    let Some(w) = view_window else {
+        return true;
+    };
+    let last_query = query_positions.iter().copied().max().unwrap_or(0);
+    view_positions
+        .iter()
+        .skip(w.sinks)
+        .min()
+        .is_none_or(|&k| k + w.local > last_query)
+}
+
+/// Boolean mask `[1, 1, T, T_kv]`, `true` = masked: keys after the query, outside the layer's
+/// sliding window, or hidden by the view's sinks-plus-local pattern.
 fn position_mask<B: Backend>(
     view_positions: &[usize],
     query_positions: &[usize],
     window: Option<usize>,
+    view_window: Option<ViewWindow>,
     device: &B::Device,
 ) -> Tensor<B, 4, Bool> {
     let t = query_positions.len();
@@ -61,11 +81,18 @@ fn position_mask<B: Backend>(
     let q = to_int(query_positions, [t, 1]);
     let k = to_int(view_positions, [1, s]);
     let future = k.clone().greater(q.clone());
-    let mask = match window {
+    let mut mask = match window {
         // Visible iff q - w < k, i.e. masked iff k + w <= q.
-        Some(w) => future.bool_or((k + w as i64).lower_equal(q)),
+        Some(w) => future.bool_or((k.clone() + w as i64).lower_equal(q.clone())),
         None => future,
     };
+    if let Some(vw) = view_window {
+        // Entries after the first `sinks` are visible only within `local` of the query.
+        let index = Tensor::<B, 1, Int>::arange(0..s as i64, device).reshape([1, s]);
+        let not_sink = index.greater_equal_elem(vw.sinks as i64);
+        let distant = (k + vw.local as i64).lower_equal(q);
+        mask = mask.bool_or(distant.bool_and(not_sink.expand([t, s])));
+    }
     mask.reshape([1, 1, t, s])
 }
 
@@ -86,6 +113,8 @@ fn repeat_kv<B: Backend>(x: Tensor<B, 4>, groups: usize) -> Tensor<B, 4> {
 ///
 /// Takes the fused backend kernel unless attention weights are needed or the view needs an
 /// explicit mask; decode steps (`T = 1`) fold the query-head groups so keys are not repeated.
+/// When only the last `n` rows of weights are asked for (`needs.weight_rows`), the output still
+/// takes the fastest path and the weights are computed for those rows alone.
 pub fn attend<B: Backend>(
     queries: Tensor<B, 4>,
     query_positions: &[usize],
@@ -95,11 +124,35 @@ pub fn attend<B: Backend>(
     needs: ObservationNeeds,
 ) -> Attended<B> {
     let [_, n_q, t, d] = queries.dims();
+    if let (true, Some(rows)) = (needs.attention_weights, needs.weight_rows) {
+        let rows = rows.clamp(1, t);
+        let output = attend(
+            queries.clone(),
+            query_positions,
+            view,
+            window,
+            scale,
+            ObservationNeeds::default(),
+        )
+        .output;
+        let last = queries.slice([0..1, 0..n_q, t - rows..t, 0..d]);
+        let weights = attend(
+            last,
+            &query_positions[t - rows..],
+            view,
+            window,
+            scale,
+            ObservationNeeds::all_weights(),
+        )
+        .weights;
+        return Attended { output, weights };
+    }
     let n_kv = view.keys.dims()[1];
     let groups = n_q / n_kv;
     let device = queries.device();
-    let plain =
-        plain_causal(&view.positions, query_positions, window) && view.padding_mask.is_none();
+    let plain = plain_causal(&view.positions, query_positions, window)
+        && view.padding_mask.is_none()
+        && window_hides_nothing(&view.positions, query_positions, view.window);
 
     if !needs.attention_weights && plain {
         let options = AttentionModuleOptions {
@@ -133,8 +186,17 @@ pub fn attend<B: Backend>(
     }
 
     let s = view.len();
-    let mut mask = position_mask::<B>(&view.positions, query_positions, window, &device)
-        .expand([1, n_q, t, s]);
+    if t == 1 && needs.attention_weights {
+        return decode_with_weights(queries, query_positions, view, window, scale);
+    }
+    let mut mask = position_mask::<B>(
+        &view.positions,
+        query_positions,
+        window,
+        view.window,
+        &device,
+    )
+    .expand([1, n_q, t, s]);
     if let Some(padding) = &view.padding_mask {
         let per_query_head = padding
             .clone()
@@ -169,6 +231,43 @@ pub fn attend<B: Backend>(
     }
 }
 
+/// One decode query `[1, H_q, 1, D]` with its softmax weights, without repeating the keys: the
+/// query heads of each KV head's group are a batch of queries against that head's keys (as the
+/// fused decode path does). Repeating `[1, H_kv, S, D]` keys and values to `H_q` heads is a
+/// strided copy that dominated H2O's and TOVA's decode steps on the CPU backends.
+fn decode_with_weights<B: Backend>(
+    queries: Tensor<B, 4>,
+    query_positions: &[usize],
+    view: &KvView<B>,
+    window: Option<usize>,
+    scale: f64,
+) -> Attended<B> {
+    let [_, n_q, _, d] = queries.dims();
+    let n_kv = view.keys.dims()[1];
+    let groups = n_q / n_kv;
+    let s = view.len();
+    let device = queries.device();
+    let q = queries.reshape([1, n_kv, groups, d]);
+    let scores = q.matmul(view.keys.clone().swap_dims(2, 3)) * scale; // [1, H_kv, G, S]
+    let mut mask = position_mask::<B>(
+        &view.positions,
+        query_positions,
+        window,
+        view.window,
+        &device,
+    )
+    .expand([1, n_kv, groups, s]);
+    if let Some(padding) = &view.padding_mask {
+        mask = mask.bool_or(padding.clone().expand([1, n_kv, groups, s]));
+    }
+    let weights = softmax(scores.mask_fill(mask, f32::NEG_INFINITY), 3);
+    let output = weights.clone().matmul(view.values.clone()); // [1, H_kv, G, D]
+    Attended {
+        output: output.reshape([1, n_q, 1, d]),
+        weights: Some(weights.reshape([1, n_q, 1, s])),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -193,6 +292,7 @@ mod mask_tests {
             &[0, 1, 2, 3],
             &[0, 1, 2, 3],
             Some(2),
+            None,
             &Default::default(),
         );
         let v: Vec<bool> = m.into_data().to_vec().unwrap();
@@ -203,5 +303,128 @@ mod mask_tests {
             true, true, false, false,
         ];
         assert_eq!(v, expect);
+    }
+}
+
+#[cfg(test)]
+mod view_window_tests {
+    use super::*;
+    use burn::backend::Flex;
+
+    /// Brute force: masked iff in the future, or after the sinks and at least `local` back.
+    fn brute(view: &[usize], queries: &[usize], w: ViewWindow) -> Vec<bool> {
+        let mut out = Vec::new();
+        for &q in queries {
+            for (i, &k) in view.iter().enumerate() {
+                out.push(k > q || (i >= w.sinks && k + w.local <= q));
+            }
+        }
+        out
+    }
+
+    #[test]
+    fn sinks_and_local_window_mask_matches_brute_force() {
+        let view: Vec<usize> = vec![0, 1, 5, 6, 7, 8, 9, 10, 11];
+        let queries: Vec<usize> = vec![8, 9, 10, 11];
+        let w = ViewWindow { sinks: 2, local: 3 };
+        let m = position_mask::<Flex>(&view, &queries, None, Some(w), &Default::default());
+        let got: Vec<bool> = m.into_data().to_vec().unwrap();
+        assert_eq!(got, brute(&view, &queries, w));
+        assert!(!window_hides_nothing(&view, &queries, Some(w)));
+        assert!(window_hides_nothing(
+            &view,
+            &queries,
+            Some(ViewWindow { sinks: 2, local: 7 })
+        ));
+    }
+
+    #[test]
+    fn decode_weights_without_repeated_keys_match_the_fused_output() {
+        let device = Default::default();
+        let [h_q, h_kv, s, d] = [6, 2, 9, 8];
+        let normal = burn::tensor::Distribution::Normal(0.0, 1.0);
+        let q = Tensor::<Flex, 4>::random([1, h_q, 1, d], normal, &device);
+        let k = Tensor::<Flex, 4>::random([1, h_kv, s, d], normal, &device);
+        let v = Tensor::<Flex, 4>::random([1, h_kv, s, d], normal, &device);
+        let view = KvView::dense(k.clone(), v.clone(), (0..s).collect());
+        let fused = attend(
+            q.clone(),
+            &[s - 1],
+            &view,
+            None,
+            0.3,
+            ObservationNeeds::default(),
+        );
+        let with = attend(
+            q.clone(),
+            &[s - 1],
+            &view,
+            None,
+            0.3,
+            ObservationNeeds::all_weights(),
+        );
+        let diff: f32 = (fused.output - with.output).abs().max().into_scalar();
+        assert!(diff < 1e-5, "outputs differ by {diff}");
+        // Reference weights: query head h attends with KV head h / (h_q / h_kv).
+        let w: Vec<f32> = with.weights.unwrap().into_data().to_vec().unwrap();
+        let qv: Vec<f32> = q.into_data().to_vec().unwrap();
+        let kv: Vec<f32> = k.into_data().to_vec().unwrap();
+        for h in 0..h_q {
+            let g = h / (h_q / h_kv);
+            let logits: Vec<f32> = (0..s)
+                .map(|j| {
+                    (0..d)
+                        .map(|c| qv[h * d + c] * kv[(g * s + j) * d + c])
+                        .sum::<f32>()
+                        * 0.3
+                })
+                .collect();
+            let max = logits.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+            let z: f32 = logits.iter().map(|x| (x - max).exp()).sum();
+            for j in 0..s {
+                let want = (logits[j] - max).exp() / z;
+                assert!((w[h * s + j] - want).abs() < 1e-5, "head {h} slot {j}");
+            }
+        }
+    }
+
+    #[test]
+    fn last_rows_weights_equal_the_last_rows_of_all_weights() {
+        let device = Default::default();
+        let [h_q, h_kv, t, d] = [4, 2, 7, 8];
+        let q = Tensor::<Flex, 4>::random(
+            [1, h_q, t, d],
+            burn::tensor::Distribution::Normal(0.0, 1.0),
+            &device,
+        );
+        let k = Tensor::<Flex, 4>::random(
+            [1, h_kv, t, d],
+            burn::tensor::Distribution::Normal(0.0, 1.0),
+            &device,
+        );
+        let v = k.clone() * 0.5;
+        let positions: Vec<usize> = (0..t).collect();
+        let view = KvView::dense(k, v, positions.clone());
+        let all = attend(
+            q.clone(),
+            &positions,
+            &view,
+            None,
+            0.3,
+            ObservationNeeds::all_weights(),
+        );
+        let last = attend(
+            q,
+            &positions,
+            &view,
+            None,
+            0.3,
+            ObservationNeeds::last_weights(3),
+        );
+        let all_w = all.weights.unwrap().slice([0..1, 0..h_q, t - 3..t, 0..t]);
+        let diff: f32 = (all_w - last.weights.unwrap()).abs().max().into_scalar();
+        assert!(diff < 1e-6, "weights differ by {diff}");
+        let diff: f32 = (all.output - last.output).abs().max().into_scalar();
+        assert!(diff < 1e-5, "outputs differ by {diff}");
     }
 }

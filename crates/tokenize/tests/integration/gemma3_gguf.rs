@@ -14,7 +14,7 @@ use longctx_io::gguf::GgufFile;
 use longctx_tokenize::{ChatTemplate, HfTokenizer};
 
 const FILE_NAME: &str = "gemma-3-270m-q4_k_m.gguf";
-const FIXTURE: &str = include_str!("fixtures/gemma3_270m_ids.json");
+const FIXTURE: &str = include_str!("../fixtures/gemma3_270m_ids.json");
 
 fn gguf_path() -> PathBuf {
     if let Some(p) = std::env::var_os("LONGCTX_GEMMA3_GGUF").filter(|p| !p.is_empty()) {

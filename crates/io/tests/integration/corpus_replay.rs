@@ -5,7 +5,7 @@
 //! and fails if any input panics.
 //!
 //! Regenerate the corpus with
-//! `cargo test -p longctx-io --test corpus_replay -- --ignored regenerate_corpus`.
+//! `cargo test -p longctx-io --test integration corpus_replay:: -- --ignored regenerate_corpus`.
 
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::path::{Path, PathBuf};

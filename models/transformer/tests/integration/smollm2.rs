@@ -7,7 +7,7 @@ use longctx_core::LoadedModel;
 use longctx_model_transformer::pretrained::{default_cache_dir, load_gguf_model};
 use longctx_model_transformer::SmolLm2;
 
-mod common;
+use crate::common;
 
 fn cached() -> Option<LoadedModel<Flex>> {
     let path = SmolLm2::cached_path(&default_cache_dir());

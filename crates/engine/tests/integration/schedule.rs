@@ -80,8 +80,10 @@ impl KvMethod<B> for Recording {
         MethodCapabilities {
             family: MethodFamily::TokenDropping,
             observes: self.observe,
+            observes_decode: self.observe,
             schedule: self.schedule,
             uses_budget: true,
+            compresses_question: true,
         }
     }
     fn new_cache(
@@ -113,6 +115,7 @@ fn compress_is_called_exactly_at_the_declared_phases() {
         observe: ObservationNeeds {
             queries: true,
             attention_weights: false,
+            ..Default::default()
         },
         log: log.clone(),
     };

@@ -1,7 +1,7 @@
 //! Measured bytes of real caches at 10,000 tokens (SmolLM2-135M's 3 KV heads of 64 channels)
 //! against the paper's formula and against what the packing should take.
 
-mod common;
+use crate::common;
 
 use burn::backend::Flex;
 

@@ -80,9 +80,16 @@ impl<B: Backend> KvMethod<B> for TestMethod {
             observes: ObservationNeeds {
                 queries: false,
                 attention_weights: self.observe_weights,
+                weight_rows: None,
+            },
+            observes_decode: ObservationNeeds {
+                queries: false,
+                attention_weights: self.observe_weights,
+                weight_rows: None,
             },
             schedule: CompressionSchedule::default(),
             uses_budget: false,
+            compresses_question: true,
         }
     }
     fn new_cache(&self, _: &AttentionLayerSpec, _: &CacheContext) -> Result<Box<dyn KvCache<B>>> {

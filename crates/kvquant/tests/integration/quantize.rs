@@ -1,7 +1,7 @@
 //! Packing and quantization round trips on flex, ndarray and wgpu, and the RoPE un-rotation
 //! and re-rotation of pre-RoPE key quantization.
 
-mod common;
+use crate::common;
 
 use burn::backend::{Flex, NdArray, Wgpu};
 use burn::tensor::{backend::Backend, FloatDType, Int, Tensor, TensorData};

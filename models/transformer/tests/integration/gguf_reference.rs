@@ -16,7 +16,7 @@ use longctx_model_transformer::pretrained::{default_cache_dir, load_gguf_model, 
 use longctx_model_transformer::SmolLm2;
 use serde_json::Value;
 
-mod common;
+use crate::common;
 use common::logits_and_greedy;
 
 const LOGITS_TOLERANCE: f64 = 1e-3;
@@ -106,7 +106,7 @@ fn smollm2_matches_transformers() {
 /// Gemma-3-270M: the model against transformers on the same ids. Tokenization is not compared:
 /// transformers 5.17's `AutoTokenizer` on this GGUF gives other ids than SentencePiece (10 ids
 /// and no BOS for "The capital of France is"), so our SentencePiece tokenizer is checked against
-/// sentencepiece itself in `crates/tokenize/tests/gemma3_gguf.rs` instead.
+/// sentencepiece itself in `crates/tokenize/tests/integration/gemma3_gguf.rs` instead.
 #[test]
 fn gemma3_matches_transformers() {
     let path = GEMMA3_270M.cached_path(&default_cache_dir());

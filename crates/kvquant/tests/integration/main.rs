@@ -1,0 +1,8 @@
+//! The integration tests of this crate, in one test binary (one link and one
+//! monomorphisation of burn instead of one per file): `cargo test -p <crate> --test
+//! integration <module>::` runs one file's tests.
+
+mod bookkeeping;
+mod common;
+mod memory;
+mod quantize;
