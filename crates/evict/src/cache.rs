@@ -124,6 +124,20 @@ pub struct TopKPolicy {
 }
 
 impl TopKPolicy {
+    /// Evict to `budget` at the end of prefill only, nothing protected, original positions:
+    /// the common case that methods adjust with struct update syntax.
+    pub fn after_prefill(budget: LayerBudget) -> Self {
+        Self {
+            budget: budget.tokens().unwrap_or(usize::MAX),
+            protect: Protect::default(),
+            at_prefill_chunk: false,
+            at_prefill_end: true,
+            at_decode: false,
+            prefill_window: None,
+            positions: PositionMode::Original,
+        }
+    }
+
     fn compresses_at(&self, phase: CompressionPhase) -> bool {
         match phase {
             CompressionPhase::PrefillChunk => self.at_prefill_chunk,

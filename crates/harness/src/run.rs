@@ -376,9 +376,9 @@ mod tests {
         }
     }
 
-    #[test]
-    fn the_chat_template_wraps_the_prompt_only_when_the_sample_asks() {
-        let mut sample = Sample {
+    /// A sample with every part of the prompt set, no chat template.
+    fn sample() -> Sample {
+        Sample {
             id: "s".into(),
             instruction: "I ".into(),
             context: "C ".into(),
@@ -389,7 +389,12 @@ mod tests {
             chat_template: false,
             metadata: Default::default(),
             continuation: None,
-        };
+        }
+    }
+
+    #[test]
+    fn the_chat_template_wraps_the_prompt_only_when_the_sample_asks() {
+        let mut sample = sample();
         assert_eq!(prompt_text(&sample, &Chatty), "I C Q? A:");
         sample.chat_template = true;
         assert_eq!(prompt_text(&sample, &Chatty), "<user>I C Q?</user><bot> A:");
@@ -402,18 +407,7 @@ mod tests {
 
     #[test]
     fn the_question_tail_is_everything_from_the_question_on() {
-        let mut sample = Sample {
-            id: "s".into(),
-            instruction: "I ".into(),
-            context: "C ".into(),
-            question: "Q?".into(),
-            answer_prefix: " A:".into(),
-            references: vec![],
-            max_new_tokens: 1,
-            chat_template: false,
-            metadata: Default::default(),
-            continuation: None,
-        };
+        let mut sample = sample();
         for (chat, tail) in [(false, "Q? A:"), (true, "Q?</user><bot> A:")] {
             sample.chat_template = chat;
             let text = prompt_text(&sample, &Chatty);

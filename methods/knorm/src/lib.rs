@@ -13,8 +13,7 @@ use longctx_core::{
     Result,
 };
 use longctx_evict::{
-    params, DenseStore, EvictMethod, LayerBudget, PolicyFactory, PositionMode, Protect, Scorer,
-    TopKPolicy,
+    params, DenseStore, EvictMethod, LayerBudget, PolicyFactory, Scorer, TopKPolicy,
 };
 
 /// The `knorm` method.
@@ -75,13 +74,8 @@ impl<B: Backend> PolicyFactory<B> for KNorm {
     ) -> Result<(TopKPolicy, Box<dyn Scorer<B>>)> {
         Ok((
             TopKPolicy {
-                budget: budget.tokens().unwrap_or(usize::MAX),
-                protect: Protect::default(),
-                at_prefill_chunk: false,
-                at_prefill_end: true,
                 at_decode: self.decode_interval > 0,
-                prefill_window: None,
-                positions: PositionMode::Original,
+                ..TopKPolicy::after_prefill(budget)
             },
             Box::new(KeyNorms),
         ))

@@ -14,8 +14,7 @@ use longctx_core::{
     ParamSpec, Params, Result,
 };
 use longctx_evict::{
-    params, DenseStore, EvictMethod, LayerBudget, PolicyFactory, PositionMode, Protect, Scorer,
-    TopKPolicy,
+    params, DenseStore, EvictMethod, LayerBudget, PolicyFactory, Scorer, TopKPolicy,
 };
 
 /// The `tova` method.
@@ -67,13 +66,8 @@ impl<B: Backend> PolicyFactory<B> for Tova {
     ) -> Result<(TopKPolicy, Box<dyn Scorer<B>>)> {
         Ok((
             TopKPolicy {
-                budget: budget.tokens().unwrap_or(usize::MAX),
-                protect: Protect::default(),
-                at_prefill_chunk: false,
-                at_prefill_end: true,
                 at_decode: true,
-                prefill_window: None,
-                positions: PositionMode::Original,
+                ..TopKPolicy::after_prefill(budget)
             },
             Box::new(LastQuery { latest: None }),
         ))
