@@ -30,11 +30,9 @@ fn route_flags(
         params.map_or(&[], |p| &p[..])
     }
     let model_specs = specs(r.models().find(|e| e.name == args.model).map(|e| &e.params));
-    let method_specs = specs(
-        r.methods()
-            .find(|e| e.name == args.method)
-            .map(|e| &e.params),
-    );
+    // A composition `A+B` takes the parameters of both halves.
+    let method_specs = r.method_specs(&args.method).unwrap_or_default();
+    let method_specs = &method_specs[..];
     let mut owners = vec![
         ParamOwner {
             kind: "model",
@@ -119,6 +117,9 @@ pub fn list(json: bool) -> Result<()> {
             .map(|e| (e.name, e.description, &e.params[..]))
             .collect(),
     );
+    s += "Compositions: SELECT+STORE, e.g. snapkv+kivi: a method that selects once at the end of \
+          prefill, its kept tokens stored by a method that keeps what it is given; parameters \
+          go to the half that declares them (write snapkv.NAME or kivi.NAME where both do)\n";
     s += "Backends: cpu (= flex), flex, ndarray, wgpu, cuda\n";
     print!("{s}");
     Ok(())

@@ -43,6 +43,8 @@ fn list_shows_full_with_its_parameters() {
         "pyramidkv",
         "tova",
         "knorm",
+        "infllm",
+        "adakv",
     ] {
         assert!(methods.contains(&name), "{methods:?}");
     }

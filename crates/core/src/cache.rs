@@ -4,9 +4,12 @@
 //! calls, for every forward pass of that layer:
 //!
 //! 1. [`KvCache::append`] with the keys/values of the new tokens (after RoPE);
-//! 2. [`KvCache::view`] to get what attention runs over: every key/value the cache holds, the
+//! 2. [`KvCache::prepare`] with this forward's queries (after RoPE), only if the method declared
+//!    [`crate::ObservationNeeds::queries_before_attention`] (InfLLM chooses the blocks attention
+//!    runs over from the queries about to attend);
+//! 3. [`KvCache::view`] to get what attention runs over: every key/value the cache holds, the
 //!    just-appended ones included, in the order they were appended;
-//! 3. [`KvCache::observe`] with queries and/or attention weights, only if the method declared
+//! 4. [`KvCache::observe`] with queries and/or attention weights, only if the method declared
 //!    that need in [`crate::ObservationNeeds`] (the others keep the fused attention path).
 //!
 //! The runner calls [`KvCache::compress`] at the phases the method declared in
@@ -109,6 +112,15 @@ pub trait KvCache<B: Backend>: Send {
         positions: &[usize],
     ) -> Result<()>;
 
+    /// Sees the queries of this forward before attention: called after [`Self::append`] and
+    /// before [`Self::view`], only when the method declared
+    /// [`crate::ObservationNeeds::queries_before_attention`].
+    ///
+    /// `queries`: `[1, H_q, T, D]` after RoPE; `positions`: their absolute positions.
+    fn prepare(&mut self, _queries: &Tensor<B, 4>, _positions: &[usize]) -> Result<()> {
+        Ok(())
+    }
+
     /// What attention runs over; see [`KvView`].
     fn view(&self) -> KvView<B>;
 
@@ -146,4 +158,11 @@ pub trait KvCache<B: Backend>: Send {
     /// Bytes of the buffers this cache really holds (codes, scales, residuals, indices), as
     /// allocated on the device: a backend that stores wider elements than asked counts as such.
     fn memory_bytes(&self) -> usize;
+
+    /// Bytes this cache keeps off the device (in host memory), not counted by
+    /// [`Self::memory_bytes`]: InfLLM's offloaded blocks. Host bookkeeping (positions, scores)
+    /// is not counted.
+    fn host_memory_bytes(&self) -> usize {
+        0
+    }
 }

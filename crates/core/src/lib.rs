@@ -11,12 +11,14 @@
 //! - [`method::KvMethod`]: a named factory of per-layer caches for a [`budget::Budget`].
 //! - [`compressor::PromptCompressor`]: text in, shorter text out.
 //! - [`task::Task`]: samples plus a scorer with named metrics.
-//! - [`registry::Registry`]: everything above registered by name with typed parameters.
+//! - [`registry::Registry`]: everything above registered by name with typed parameters; two
+//!   methods compose as `SELECT+STORE` ([`compose`]).
 //!
 //! The runner (crate `longctx-engine`) branches on capabilities, never on method names.
 
 pub mod budget;
 pub mod cache;
+pub mod compose;
 pub mod compressor;
 pub mod error;
 pub mod method;

@@ -22,10 +22,19 @@ pub struct ObservationNeeds {
     /// and the weights cost `O(n * T)` instead of `O(T^2)`. `None` = every row.
     #[serde(default)]
     pub weight_rows: Option<usize>,
+    /// Hand the caches this forward's queries (after RoPE) through [`KvCache::prepare`] after
+    /// the new keys are appended and before the view is taken, so a cache can choose what
+    /// attention runs over from the queries about to attend (InfLLM's block retrieval). Not
+    /// part of [`Self::any`]: it does not make the model call `observe` or leave the fused path.
+    ///
+    /// [`KvCache::prepare`]: crate::KvCache::prepare
+    #[serde(default)]
+    pub queries_before_attention: bool,
 }
 
 impl ObservationNeeds {
-    /// Whether anything must be observed.
+    /// Whether anything must be observed after attention (`observe`); queries handed before
+    /// attention (`queries_before_attention`) do not count.
     pub fn any(&self) -> bool {
         self.queries || self.attention_weights
     }
@@ -43,6 +52,8 @@ impl ObservationNeeds {
             queries: self.queries || other.queries,
             attention_weights: self.attention_weights || other.attention_weights,
             weight_rows,
+            queries_before_attention: self.queries_before_attention
+                || other.queries_before_attention,
         }
     }
 
@@ -143,4 +154,30 @@ pub trait MethodDescriptor: 'static {
     fn params() -> Vec<ParamSpec>;
     /// Builds the method from validated parameters.
     fn build<B: Backend>(params: &Params) -> Result<Box<dyn KvMethod<B>>>;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn queries_before_attention_joins_the_union_but_not_any() {
+        let before = ObservationNeeds {
+            queries_before_attention: true,
+            ..Default::default()
+        };
+        assert!(!before.any());
+        let u = before.union(ObservationNeeds::last_weights(4));
+        assert!(u.queries_before_attention && u.attention_weights);
+        assert_eq!(u.weight_rows, Some(4));
+        assert!(
+            !ObservationNeeds::all_weights()
+                .union(ObservationNeeds::default())
+                .queries_before_attention
+        );
+        // Needs serialised before the flag existed still load.
+        let old: ObservationNeeds =
+            serde_json::from_str(r#"{"queries":true,"attention_weights":false}"#).unwrap();
+        assert!(old.queries && !old.queries_before_attention);
+    }
 }

@@ -7,6 +7,7 @@ use std::collections::BTreeMap;
 
 use burn::tensor::backend::Backend;
 
+use crate::compose::{self, Composed};
 use crate::error::{Error, Result};
 use crate::method::{KvMethod, MethodDescriptor};
 use crate::model::{LoadedModel, ModelDescriptor};
@@ -40,6 +41,18 @@ impl<B: Backend> Default for Registry<B> {
             tasks: BTreeMap::new(),
         }
     }
+}
+
+/// Every parameter name of a composition's halves, written `A.name` and `B.name`.
+fn composed_spec_names<F>(a: &Entry<F>, b: &Entry<F>) -> Vec<String> {
+    [a, b]
+        .iter()
+        .flat_map(|e| {
+            e.params
+                .iter()
+                .map(move |p| format!("{}.{}", e.name, p.name))
+        })
+        .collect()
 }
 
 fn lookup<'a, F>(
@@ -126,10 +139,84 @@ impl<B: Backend> Registry<B> {
         let e = lookup(&self.models, "model", name)?;
         Params::resolve(&format!("model {name}"), &e.params, given)
     }
-    /// Validates a method's parameters.
+    /// Validates a method's parameters. For a composition `A+B` a parameter goes to the half
+    /// that declares it; one both declare must be written `A.name` or `B.name`. The validated
+    /// values are keyed `A.name` and `B.name`.
     pub fn method_params(&self, name: &str, given: &RawParams) -> Result<Params> {
-        let e = lookup(&self.methods, "method", name)?;
-        Params::resolve(&format!("method {name}"), &e.params, given)
+        let Some((a, b)) = compose::split(name) else {
+            let e = lookup(&self.methods, "method", name)?;
+            return Params::resolve(&format!("method {name}"), &e.params, given);
+        };
+        let (ea, eb) = (self.method_entry(a)?, self.method_entry(b)?);
+        let mut parts = [RawParams::new(), RawParams::new()];
+        for (key, value) in given {
+            let half = match key.split_once('.') {
+                Some((owner, _)) if owner == a => Some((0, &key[a.len() + 1..])),
+                Some((owner, _)) if owner == b => Some((1, &key[b.len() + 1..])),
+                _ => None,
+            };
+            let (i, param) = match half {
+                Some(h) => h,
+                None => {
+                    let declares =
+                        |e: &Entry<BuildMethod<B>>| e.params.iter().any(|p| p.name == key);
+                    match (declares(ea), declares(eb)) {
+                        (true, true) => {
+                            return Err(Error::InvalidParam {
+                                owner: format!("method {name}"),
+                                param: key.clone(),
+                                reason: format!(
+                                    "both {a} and {b} declare it; write {a}.{key} or {b}.{key}"
+                                ),
+                            })
+                        }
+                        (true, false) => (0, key.as_str()),
+                        (false, true) => (1, key.as_str()),
+                        (false, false) => {
+                            return Err(Error::UnknownParam {
+                                owner: format!("method {name}"),
+                                param: key.clone(),
+                                valid: composed_spec_names(ea, eb),
+                            })
+                        }
+                    }
+                }
+            };
+            parts[i].insert(param.to_string(), value.clone());
+        }
+        let mut values = std::collections::BTreeMap::new();
+        for ((half, e), raw) in [a, b].into_iter().zip([ea, eb]).zip(&parts) {
+            let p = Params::resolve(&format!("method {name} ({half})"), &e.params, raw)?;
+            values.extend(
+                p.values
+                    .into_iter()
+                    .map(|(k, v)| (format!("{half}.{k}"), v)),
+            );
+        }
+        Ok(Params {
+            owner: format!("method {name}"),
+            values,
+        })
+    }
+
+    /// The parameters a method (or each half of a composition `A+B`) declares, for routing
+    /// command-line flags: a composition's are the union, the selector's first.
+    pub fn method_specs(&self, name: &str) -> Result<Vec<ParamSpec>> {
+        let Some((a, b)) = compose::split(name) else {
+            return Ok(lookup(&self.methods, "method", name)?.params.clone());
+        };
+        let mut specs = self.method_entry(a)?.params.clone();
+        for spec in &self.method_entry(b)?.params {
+            if !specs.iter().any(|s| s.name == spec.name) {
+                specs.push(spec.clone());
+            }
+        }
+        Ok(specs)
+    }
+
+    /// A registered (not composed) method; a name with two separators is refused here.
+    fn method_entry(&self, name: &str) -> Result<&Entry<BuildMethod<B>>> {
+        lookup(&self.methods, "method", name)
     }
     /// Validates a task's parameters.
     pub fn task_params(&self, name: &str, given: &RawParams) -> Result<Params> {
@@ -146,9 +233,40 @@ impl<B: Backend> Registry<B> {
     ) -> Result<LoadedModel<B>> {
         (lookup(&self.models, "model", name)?.factory)(params, device)
     }
-    /// Builds method `name` from validated `params`.
+    /// Builds method `name` from validated `params` (see [`Self::method_params`] for
+    /// compositions).
     pub fn build_method(&self, name: &str, params: &Params) -> Result<Box<dyn KvMethod<B>>> {
-        (lookup(&self.methods, "method", name)?.factory)(params)
+        let Some((a, b)) = compose::split(name) else {
+            return (lookup(&self.methods, "method", name)?.factory)(params);
+        };
+        let half = |part: &str| -> Result<Box<dyn KvMethod<B>>> {
+            let prefix = format!("{part}.");
+            let values = params
+                .values
+                .iter()
+                .filter_map(|(k, v)| Some((k.strip_prefix(&prefix)?.to_string(), v.clone())))
+                .collect();
+            let p = Params {
+                owner: format!("method {name} ({part})"),
+                values,
+            };
+            (self.method_entry(part)?.factory)(&p)
+        };
+        // A store that rotates keys back by position gets one position per slot, while the
+        // selector's heads may keep different tokens in the same slot.
+        if params.values.get(&format!("{b}.key_position"))
+            == Some(&crate::ParamValue::Str("pre_rope".into()))
+        {
+            return Err(Error::InvalidParam {
+                owner: format!("method {name}"),
+                param: format!("{b}.key_position"),
+                reason: "pre_rope cannot store a per-head selection: the store un-rotates keys \
+                         by one position per slot, and the selector's heads keep different \
+                         tokens in the same slot; use post_rope"
+                    .into(),
+            });
+        }
+        Ok(Box::new(Composed::new(half(a)?, half(b)?)?))
     }
     /// Builds task `name` from validated `params`.
     pub fn build_task(&self, name: &str, params: &Params) -> Result<Box<dyn Task>> {

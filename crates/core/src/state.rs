@@ -116,6 +116,18 @@ impl<B: Backend> SequenceState<B> {
         self.layers.iter().map(LayerState::memory_bytes).collect()
     }
 
+    /// Bytes held off the device per layer ([`KvCache::host_memory_bytes`]; 0 for recurrent
+    /// layers).
+    pub fn host_memory_bytes_per_layer(&self) -> Vec<usize> {
+        self.layers
+            .iter()
+            .map(|l| match l {
+                LayerState::Attention(c) => c.host_memory_bytes(),
+                LayerState::Recurrent(_) => 0,
+            })
+            .collect()
+    }
+
     /// Resolved token budget per layer (`None` for recurrent layers and unlimited caches).
     pub fn budget_tokens_per_layer(&self) -> Vec<Option<usize>> {
         self.layers

@@ -67,6 +67,13 @@ pub struct GenerationResult {
     pub state_bytes_after_prefill: Vec<usize>,
     /// Bytes per layer at the end of generation.
     pub state_bytes_end: Vec<usize>,
+    /// Bytes per layer a cache keeps off the device (host memory: InfLLM's offloaded blocks)
+    /// once the prompt is processed; not part of `state_bytes_after_prefill`.
+    #[serde(default)]
+    pub host_state_bytes_after_prefill: Vec<usize>,
+    /// Bytes per layer kept off the device at the end of generation.
+    #[serde(default)]
+    pub host_state_bytes_end: Vec<usize>,
     /// Tokens held per attention layer after prefill (`None` for recurrent layers).
     pub tokens_held_after_prefill: Vec<Option<usize>>,
     /// Tokens held per attention layer at the end.
@@ -343,6 +350,7 @@ fn run_sequence<B: Backend>(
     let mut next = choose(logits.expect("prompt is not empty"), 0, &mut sampler)?;
     let prefill_seconds = start.elapsed().as_secs_f64();
     let state_bytes_after_prefill = state.memory_bytes_per_layer();
+    let host_state_bytes_after_prefill = state.host_memory_bytes_per_layer();
     let tokens_held_after_prefill = state.tokens_per_layer();
 
     // Decode.
@@ -382,6 +390,8 @@ fn run_sequence<B: Backend>(
         compression_seconds,
         state_bytes_after_prefill,
         state_bytes_end: state.memory_bytes_per_layer(),
+        host_state_bytes_after_prefill,
+        host_state_bytes_end: state.host_memory_bytes_per_layer(),
         tokens_held_after_prefill,
         tokens_held_end: state.tokens_per_layer(),
         uncompressed_question_tokens: question,

@@ -138,7 +138,8 @@ impl TopKPolicy {
         }
     }
 
-    fn compresses_at(&self, phase: CompressionPhase) -> bool {
+    /// Whether the cache evicts at `phase`.
+    pub fn compresses_at(&self, phase: CompressionPhase) -> bool {
         match phase {
             CompressionPhase::PrefillChunk => self.at_prefill_chunk,
             CompressionPhase::PrefillEnd => self.at_prefill_end,
@@ -147,14 +148,125 @@ impl TopKPolicy {
     }
 }
 
-/// The generic top-k cache: a [`DenseStore`], a [`Scorer`] and a [`TopKPolicy`], built at the
-/// first append (when the stored element width, and so a bytes budget, is known).
-pub struct TopKCache<B: Backend> {
+/// A layer's policy and scorer, built by a [`PolicyFactory`] at the first append (when the
+/// stored element width, and so a bytes budget, is known). [`TopKCache`] and caches that store
+/// differently (Ada-KV's ragged one) share it.
+pub struct LayerPlan<B: Backend> {
     factory: Arc<dyn PolicyFactory<B>>,
     layer: AttentionLayerSpec,
     ctx: CacheContext,
-    store: DenseStore<B>,
     built: Option<(TopKPolicy, Box<dyn Scorer<B>>)>,
+}
+
+impl<B: Backend> LayerPlan<B> {
+    /// The plan `factory` builds for `layer` and `ctx`.
+    pub fn new(
+        factory: Arc<dyn PolicyFactory<B>>,
+        layer: &AttentionLayerSpec,
+        ctx: &CacheContext,
+    ) -> Self {
+        Self {
+            factory,
+            layer: layer.clone(),
+            ctx: ctx.clone(),
+            built: None,
+        }
+    }
+
+    /// The layer's shape.
+    pub fn layer(&self) -> &AttentionLayerSpec {
+        &self.layer
+    }
+
+    /// Builds the policy and scorer (once) for elements stored `element_bytes` wide.
+    pub fn build(&mut self, element_bytes: usize) -> Result<&TopKPolicy> {
+        if self.built.is_none() {
+            let budget = LayerBudget::resolve(&self.ctx, &self.layer, element_bytes);
+            self.built = Some(self.factory.layer(&self.layer, &self.ctx, budget)?);
+        }
+        Ok(&self.built.as_ref().expect("built above").0)
+    }
+
+    /// The policy, once built.
+    pub fn policy(&self) -> Option<&TopKPolicy> {
+        self.built.as_ref().map(|(p, _)| p)
+    }
+
+    /// The budget in tokens per head, once built (`None`: unlimited).
+    pub fn budget_tokens(&self) -> Option<usize> {
+        self.policy().map(|p| p.budget).filter(|&b| b != usize::MAX)
+    }
+
+    /// The budget and protected sets when a store of `len` slots per head must be evicted at
+    /// `phase` (the phase is scheduled and `len` exceeds the budget); `None` otherwise.
+    pub fn due(&self, phase: CompressionPhase, len: usize) -> Option<(usize, Protect)> {
+        self.policy()
+            .filter(|p| p.compresses_at(phase) && len > p.budget)
+            .map(|p| (p.budget, p.protect))
+    }
+
+    /// Hands an observation to the scorer (nothing before the first append).
+    pub fn observe(
+        &mut self,
+        observation: &AttentionObservation<B>,
+        store: &DenseStore<B>,
+    ) -> Result<()> {
+        match self.built.as_mut() {
+            Some((_, scorer)) => scorer.observe(observation, store),
+            None => Ok(()),
+        }
+    }
+
+    /// Scores `[H_kv][n]` of the `n` slots of `store` for a compression at `phase`: one row per
+    /// KV head (a scorer's single shared row is repeated), or empty rows when the protected
+    /// sets fill the budget (no score needed). Errors on rows that do not match the store.
+    pub fn scores(
+        &mut self,
+        phase: CompressionPhase,
+        store: &DenseStore<B>,
+    ) -> Result<Vec<Vec<f32>>> {
+        let heads = self.layer.n_kv_heads;
+        let len = store.len();
+        let Some((policy, scorer)) = self.built.as_mut() else {
+            return Ok(vec![Vec::new(); heads]);
+        };
+        if policy.protect.sinks + policy.protect.recent >= policy.budget {
+            return Ok(vec![Vec::new(); heads]);
+        }
+        let s = scorer.scores(phase, store)?;
+        let scores = match s.len() {
+            1 => vec![s[0].clone(); heads],
+            n if n == heads => s,
+            n => {
+                return Err(Error::Other(format!(
+                    "layer {}: the scorer returned {n} score rows for {heads} KV heads",
+                    self.layer.layer
+                )))
+            }
+        };
+        if let Some(bad) = scores.iter().find(|s| !s.is_empty() && s.len() != len) {
+            return Err(Error::Other(format!(
+                "layer {}: the scorer returned {} scores for {len} held tokens",
+                self.layer.layer,
+                bad.len()
+            )));
+        }
+        Ok(scores)
+    }
+
+    /// Tells the scorer which slots the store kept.
+    pub fn retained(&mut self, keep: &Keep) {
+        if let Some((_, scorer)) = self.built.as_mut() {
+            scorer.retained(keep);
+        }
+    }
+}
+
+/// The generic top-k cache: a [`DenseStore`], a [`Scorer`] and a [`TopKPolicy`], built at the
+/// first append (when the stored element width, and so a bytes budget, is known).
+pub struct TopKCache<B: Backend> {
+    plan: LayerPlan<B>,
+    store: DenseStore<B>,
     prefill_done: bool,
 }
 
@@ -165,12 +277,14 @@ impl<B: Backend> TopKCache<B> {
         layer: &AttentionLayerSpec,
         ctx: &CacheContext,
     ) -> Self {
+        Self::from_plan(LayerPlan::new(factory, layer, ctx))
+    }
+
+    /// A cache over `plan`.
+    pub fn from_plan(plan: LayerPlan<B>) -> Self {
         Self {
-            factory,
-            layer: layer.clone(),
-            ctx: ctx.clone(),
+            plan,
             store: DenseStore::default(),
-            built: None,
             prefill_done: false,
         }
     }
@@ -182,7 +296,7 @@ impl<B: Backend> TopKCache<B> {
 
     /// The policy, once built.
     pub fn policy(&self) -> Option<&TopKPolicy> {
-        self.built.as_ref().map(|(p, _)| p)
+        self.plan.policy()
     }
 
     fn virtual_positions(&self) -> Vec<usize> {
@@ -200,12 +314,7 @@ impl<B: Backend> KvCache<B> for TopKCache<B> {
         values: Tensor<B, 4>,
         positions: &[usize],
     ) -> Result<()> {
-        if self.built.is_none() {
-            let element_bytes = keys.dtype().size();
-            let budget = LayerBudget::resolve(&self.ctx, &self.layer, element_bytes);
-            self.built = Some(self.factory.layer(&self.layer, &self.ctx, budget)?);
-        }
-        let (policy, _) = self.built.as_ref().expect("built above");
+        let policy = self.plan.build(keys.dtype().size())?;
         let keys = match &policy.positions {
             PositionMode::Original => keys,
             PositionMode::Reindexed(rot) => rot.unrotate(keys, positions),
@@ -215,9 +324,9 @@ impl<B: Backend> KvCache<B> for TopKCache<B> {
     }
 
     fn view(&self) -> KvView<B> {
-        let (policy, _) = self
-            .built
-            .as_ref()
+        let policy = self
+            .plan
+            .policy()
             .expect("view() of an empty cache: append first");
         let keys = self.store.keys().expect("appended").clone();
         let values = self.store.values().expect("appended").clone();
@@ -236,50 +345,21 @@ impl<B: Backend> KvCache<B> for TopKCache<B> {
     }
 
     fn observe(&mut self, observation: AttentionObservation<B>) -> Result<()> {
-        if let Some((_, scorer)) = self.built.as_mut() {
-            scorer.observe(&observation, &self.store)?;
-        }
-        Ok(())
+        self.plan.observe(&observation, &self.store)
     }
 
     fn compress(&mut self, phase: CompressionPhase) -> Result<()> {
         if phase == CompressionPhase::PrefillEnd {
             self.prefill_done = true;
         }
-        let Some((policy, scorer)) = self.built.as_mut() else {
-            return Ok(());
-        };
         let len = self.store.len();
-        if !policy.compresses_at(phase) || len <= policy.budget {
+        let Some((budget, protect)) = self.plan.due(phase, len) else {
             return Ok(());
-        }
-        let protected = policy.protect.sinks + policy.protect.recent;
-        let heads = self.layer.n_kv_heads;
-        let scores = if protected >= policy.budget {
-            vec![Vec::new(); heads]
-        } else {
-            let s = scorer.scores(phase, &self.store)?;
-            match s.len() {
-                1 => vec![s[0].clone(); heads],
-                n if n == heads => s,
-                n => {
-                    return Err(Error::Other(format!(
-                        "layer {}: the scorer returned {n} score rows for {heads} KV heads",
-                        self.layer.layer
-                    )))
-                }
-            }
         };
-        if let Some(bad) = scores.iter().find(|s| !s.is_empty() && s.len() != len) {
-            return Err(Error::Other(format!(
-                "layer {}: the scorer returned {} scores for {len} held tokens",
-                self.layer.layer,
-                bad.len()
-            )));
-        }
-        let keep = select(len, policy.budget, policy.protect, &scores);
+        let scores = self.plan.scores(phase, &self.store)?;
+        let keep = select(len, budget, protect, &scores);
         self.store.retain(&keep)?;
-        scorer.retained(&keep);
+        self.plan.retained(&keep);
         Ok(())
     }
 
@@ -288,10 +368,7 @@ impl<B: Backend> KvCache<B> for TopKCache<B> {
     }
 
     fn budget_tokens(&self) -> Option<usize> {
-        self.built
-            .as_ref()
-            .map(|(p, _)| p.budget)
-            .filter(|&b| b != usize::MAX)
+        self.plan.budget_tokens()
     }
 
     fn held_positions(&self) -> Option<Vec<Vec<usize>>> {

@@ -9,6 +9,9 @@
 //!   [`cache::Scorer`] plus a [`cache::TopKPolicy`] (budget, protected sets, when to compress,
 //!   position handling), so H2O, SnapKV, PyramidKV, TOVA, KNorm and StreamingLLM are each a few
 //!   dozen lines in their own crate.
+//! - [`ragged::RaggedStore`]: a different number of tokens per KV head (Ada-KV), stored flat
+//!   without padding and presented to attention right-aligned with a `padding_mask`;
+//!   [`select::select_adaptive`] is Ada-KV's allocation of a layer's budget across its heads.
 //! - [`method::EvictMethod`]: the `KvMethod` behind all of them; methods declare capabilities,
 //!   the runner never names them.
 //! - [`params`]: parameters every eviction method takes (`query_aware`).
@@ -16,13 +19,15 @@
 pub mod cache;
 pub mod method;
 pub mod params;
+pub mod ragged;
 pub mod select;
 pub mod store;
 pub mod testing;
 
-pub use cache::{LayerBudget, PositionMode, Scorer, TopKCache, TopKPolicy};
+pub use cache::{LayerBudget, LayerPlan, PositionMode, Scorer, TopKCache, TopKPolicy};
 pub use method::{EvictMethod, PolicyFactory};
-pub use select::{select, Keep, Protect};
+pub use ragged::RaggedStore;
+pub use select::{select, select_adaptive, Keep, Protect};
 pub use store::DenseStore;
 
 /// Sums attention weights `[1, H_q, R, S]` over rows and over the query heads of each KV head's

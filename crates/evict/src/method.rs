@@ -8,7 +8,7 @@ use longctx_core::{
     AttentionLayerSpec, CacheContext, KvCache, KvMethod, MethodCapabilities, Result,
 };
 
-use crate::cache::{LayerBudget, Scorer, TopKCache, TopKPolicy};
+use crate::cache::{LayerBudget, LayerPlan, Scorer, TopKCache, TopKPolicy};
 
 /// What an eviction method crate provides: its capabilities and, per layer, a policy and a
 /// scorer.
@@ -26,18 +26,36 @@ pub trait PolicyFactory<B: Backend>: Send + Sync {
     ) -> Result<(TopKPolicy, Box<dyn Scorer<B>>)>;
 }
 
-/// A named eviction method: [`TopKCache`]s built from a [`PolicyFactory`].
+/// Makes one layer's cache from its plan.
+type MakeCache<B> = dyn Fn(LayerPlan<B>) -> Box<dyn KvCache<B>> + Send + Sync;
+
+/// A named eviction method: [`TopKCache`]s (or another cache over the same per-layer
+/// [`LayerPlan`]) built from a [`PolicyFactory`].
 pub struct EvictMethod<B: Backend> {
     name: &'static str,
     factory: Arc<dyn PolicyFactory<B>>,
+    make: Box<MakeCache<B>>,
 }
 
 impl<B: Backend> EvictMethod<B> {
-    /// The method `name` made of `factory`.
+    /// The method `name` made of `factory`, with [`TopKCache`]s.
     pub fn new(name: &'static str, factory: impl PolicyFactory<B> + 'static) -> Self {
+        Self::with_cache(name, Arc::new(factory), |plan| {
+            Box::new(TopKCache::from_plan(plan))
+        })
+    }
+
+    /// The method `name` made of `factory`, whose layer caches `make` builds from their plans
+    /// (Ada-KV's ragged cache).
+    pub fn with_cache(
+        name: &'static str,
+        factory: Arc<dyn PolicyFactory<B>>,
+        make: impl Fn(LayerPlan<B>) -> Box<dyn KvCache<B>> + Send + Sync + 'static,
+    ) -> Self {
         Self {
             name,
-            factory: Arc::new(factory),
+            factory,
+            make: Box::new(make),
         }
     }
 
@@ -64,6 +82,10 @@ impl<B: Backend> KvMethod<B> for EvictMethod<B> {
         layer: &AttentionLayerSpec,
         ctx: &CacheContext,
     ) -> Result<Box<dyn KvCache<B>>> {
-        Ok(Box::new(TopKCache::new(self.factory.clone(), layer, ctx)))
+        Ok((self.make)(LayerPlan::new(
+            self.factory.clone(),
+            layer,
+            ctx,
+        )))
     }
 }

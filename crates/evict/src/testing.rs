@@ -28,6 +28,20 @@ pub fn context(budget: Budget, prompt_tokens: usize, n_layers: usize) -> CacheCo
     }
 }
 
+/// `n` deterministic values in `[0, 1)` for `seed` (a linear congruential generator), for
+/// scores, keys or weights that must be irregular but reproducible.
+pub fn noise(n: usize, seed: u64) -> Vec<f32> {
+    let mut x = seed.wrapping_add(1).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+    (0..n)
+        .map(|_| {
+            x = x
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
+            (x >> 40) as f32 / (1u64 << 24) as f32
+        })
+        .collect()
+}
+
 /// `[1, h_kv, T, d]` whose every entry is `1000 * head + position`.
 pub fn encoded<B: Backend>(
     h_kv: usize,

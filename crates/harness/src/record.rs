@@ -30,6 +30,13 @@ pub struct SampleRecord {
     pub state_bytes_end: Vec<usize>,
     pub tokens_held_after_prefill: Vec<Option<usize>>,
     pub tokens_held_end: Vec<Option<usize>>,
+    /// Bytes per layer kept off the device (host memory: InfLLM's offloaded blocks) after the
+    /// prompt; not part of `state_bytes_after_prefill`. Empty in records made before it existed.
+    #[serde(default)]
+    pub host_state_bytes_after_prefill: Vec<usize>,
+    /// Bytes per layer kept off the device at the end of generation.
+    #[serde(default)]
+    pub host_state_bytes_end: Vec<usize>,
     /// Each attention layer's resolved token budget (`None`: unlimited or recurrent).
     #[serde(default)]
     pub budget_tokens_per_layer: Vec<Option<usize>>,

@@ -284,6 +284,8 @@ pub fn run_cell<B: Backend>(
             state_bytes_end: out.state_bytes_end,
             tokens_held_after_prefill: out.tokens_held_after_prefill,
             tokens_held_end: out.tokens_held_end,
+            host_state_bytes_after_prefill: out.host_state_bytes_after_prefill,
+            host_state_bytes_end: out.host_state_bytes_end,
             budget_tokens_per_layer: out.budget_tokens_per_layer,
             uncompressed_question_tokens: out.uncompressed_question_tokens,
         });
@@ -466,7 +468,17 @@ mod tests {
             let held = s.tokens_held_end[0].unwrap();
             assert_eq!(held, s.prompt_tokens + s.generated_tokens - 1);
             assert!(s.state_bytes_end[0] >= held * 2 * 2 * 16 * 4);
+            // `full` keeps nothing off the device.
+            assert_eq!(s.host_state_bytes_after_prefill, vec![0, 0]);
+            assert_eq!(s.host_state_bytes_end, vec![0, 0]);
         }
+        // A sample recorded before the host bytes existed still loads (empty).
+        let mut old = serde_json::to_value(&record.samples[0]).unwrap();
+        let fields = old.as_object_mut().unwrap();
+        fields.remove("host_state_bytes_after_prefill").unwrap();
+        fields.remove("host_state_bytes_end").unwrap();
+        let old: crate::record::SampleRecord = serde_json::from_value(old).unwrap();
+        assert!(old.host_state_bytes_end.is_empty());
         // The record round-trips through JSON and lands atomically under its hash.
         let dir = std::env::temp_dir().join(format!("longctx-harness-test-{}", std::process::id()));
         let path = crate::write_record_atomically(&record_path(&dir, &c), &record).unwrap();

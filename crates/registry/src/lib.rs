@@ -25,6 +25,8 @@ pub fn builtin<B: Backend>() -> Registry<B> {
     r.register_method::<longctx_method_pyramidkv::PyramidKv>();
     r.register_method::<longctx_method_tova::Tova>();
     r.register_method::<longctx_method_knorm::KNorm>();
+    r.register_method::<longctx_method_infllm::InfLlm>();
+    r.register_method::<longctx_method_adakv::AdaKv>();
     // Tasks
     r.register_task::<longctx_task_passkey::Passkey>();
     r.register_task::<longctx_task_niah::Niah>();
@@ -54,6 +56,8 @@ mod tests {
             "pyramidkv",
             "tova",
             "knorm",
+            "infllm",
+            "adakv",
         ] {
             assert!(r.methods().any(|m| m.name == method), "{method}");
             // Every method builds from its defaults, under its own name.
@@ -75,7 +79,7 @@ mod tests {
             .to_string();
         assert_eq!(
             err,
-            "unknown method 'fulll'; valid methods: flexgen, full, h2o, int8, kivi, knorm, pyramidkv, snapkv, streaming-llm, tova"
+            "unknown method 'fulll'; valid methods: adakv, flexgen, full, h2o, infllm, int8, kivi, knorm, pyramidkv, snapkv, streaming-llm, tova"
         );
         let err = r
             .task_params(

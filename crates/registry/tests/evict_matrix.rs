@@ -13,14 +13,30 @@ use longctx_engine::{score_continuation, ContinuationScore};
 use longctx_kvquant::testing::{tiny_model, tokens, wgpu_available};
 use longctx_method_full::FullCache;
 
-const EVICTION_METHODS: [&str; 6] = [
+const EVICTION_METHODS: [&str; 8] = [
     "streaming-llm",
     "h2o",
     "snapkv",
     "pyramidkv",
     "tova",
     "knorm",
+    "adakv",
+    "infllm",
 ];
+
+/// Parameters for the 200-token matrix prompt: InfLLM's defaults (a local window of at least
+/// 512, blocks of 128) would hold the whole prompt, so blocks of 8 and a floor of 16 make it
+/// retrieve (ratio 4: 1 sink, 2 blocks, 33 local).
+fn matrix_params(name: &str) -> &'static [(&'static str, &'static str)] {
+    match name {
+        "infllm" => &[
+            ("block_size", "8"),
+            ("local_floor", "16"),
+            ("exc_block_size", "16"),
+        ],
+        _ => &[],
+    }
+}
 
 fn method<B: Backend>(name: &str, given: &[(&str, &str)]) -> Box<dyn KvMethod<B>> {
     let r = longctx_registry::builtin::<B>();
@@ -71,13 +87,22 @@ fn check_budgets(
             assert_eq!(held_end, budget, "{name}: layer {layer} at the end");
         }
         let kept = g.held_positions_end[layer].as_ref().unwrap();
-        assert!(kept.iter().all(|h| h.len() == held_end));
+        // `held_end` per head; Ada-KV's heads hold different counts, `held_end` on average.
+        let total: usize = kept.iter().map(Vec::len).sum();
+        assert_eq!(total, held_end * kept.len(), "{name}: layer {layer}");
+        assert!(name == "adakv" || kept.iter().all(|h| h.len() == held_end));
         // Bytes are exactly the kept tokens' (no spare capacity); full holds the 200-token
         // prompt exactly after prefill (initial_capacity 0).
         let per_token = full.generation.state_bytes_after_prefill[layer] / 200;
+        // InfLLM also keeps each block's representative keys on the device (f32, 4 query heads
+        // x 64 channels); its blocks of 8 and pending tokens are in host memory.
+        let repr = match name {
+            "infllm" => g.host_state_bytes_end[layer] / per_token / 8 * 4 * 64 * 4,
+            _ => 0,
+        };
         assert_eq!(
             g.state_bytes_end[layer],
-            per_token * held_end,
+            per_token * held_end + repr,
             "{name}: layer {layer}"
         );
     }
@@ -94,7 +119,7 @@ fn matrix<B: Backend>(device: &B::Device) -> Vec<(String, ContinuationScore)> {
     );
     let mut out = Vec::new();
     for name in EVICTION_METHODS {
-        let m = method::<B>(name, &[]);
+        let m = method::<B>(name, matrix_params(name));
         let scored = run::<B>(device, m.as_ref(), Budget::Ratio(4.0), 200, 10, None);
         check_budgets(name, m.capabilities(), &scored, &full);
         out.push((name.to_string(), scored));
@@ -239,4 +264,79 @@ fn streaming_llm_chunked_prefill_equals_the_windowed_reference() {
         want.token_logprobs[0]
     );
     assert_eq!(got.generation.tokens_held_after_prefill[0], Some(40));
+}
+
+/// `snapkv+kivi`: SnapKV's selection stored by KIVI. The same tokens as SnapKV alone are kept
+/// (selection reads the full-precision prompt), KIVI then holds them in fewer bytes, on flex
+/// and wgpu alike.
+#[test]
+fn snapkv_selection_stored_with_kivi_keeps_snapkvs_tokens_in_fewer_bytes() {
+    fn pair<B: Backend>(device: &B::Device) -> (ContinuationScore, ContinuationScore) {
+        let given = [("bits", "4"), ("residual_length", "32")];
+        let composed = run::<B>(
+            device,
+            method::<B>("snapkv+kivi", &given).as_ref(),
+            Budget::Ratio(4.0),
+            400,
+            6,
+            None,
+        );
+        let alone = run::<B>(
+            device,
+            method::<B>("snapkv", &[]).as_ref(),
+            Budget::Ratio(4.0),
+            400,
+            6,
+            None,
+        );
+        (composed, alone)
+    }
+    let (composed, alone) = pair::<burn::backend::Flex>(&Default::default());
+    let (c, a) = (&composed.generation, &alone.generation);
+    assert_eq!(
+        c.held_positions_end, a.held_positions_end,
+        "same tokens kept"
+    );
+    assert_eq!(c.budget_tokens_per_layer, a.budget_tokens_per_layer);
+    assert_eq!(c.tokens_held_after_prefill, a.tokens_held_after_prefill);
+    for layer in 0..c.state_bytes_after_prefill.len() {
+        // 100 kept tokens: 96 quantized to 4 bits, 4 in the f16 residual, against f32.
+        assert!(
+            3 * c.state_bytes_after_prefill[layer] < a.state_bytes_after_prefill[layer],
+            "layer {layer}: {} vs {}",
+            c.state_bytes_after_prefill[layer],
+            a.state_bytes_after_prefill[layer]
+        );
+    }
+    for (x, y) in composed.token_logprobs.iter().zip(&alone.token_logprobs) {
+        assert!(
+            (x - y).abs() < 0.1,
+            "4-bit storage moved a log-prob from {y} to {x}"
+        );
+    }
+    let e = longctx_registry::builtin::<burn::backend::Flex>()
+        .method_params("h2o+kivi", &RawParams::new())
+        .and_then(|p| {
+            longctx_registry::builtin::<burn::backend::Flex>()
+                .build_method("h2o+kivi", &p)
+                .map(|_| ())
+        })
+        .unwrap_err();
+    assert!(e.to_string().contains("evicts during"), "{e}");
+    let r = longctx_registry::builtin::<burn::backend::Flex>();
+    let raw = RawParams::from([("key_position".to_string(), "pre_rope".to_string())]);
+    let p = r.method_params("snapkv+kivi", &raw).unwrap();
+    let e = r.build_method("snapkv+kivi", &p).err().unwrap();
+    assert!(e.to_string().contains("post_rope"), "{e}");
+    if !wgpu_available() {
+        return;
+    }
+    let (on_wgpu, _) = pair::<burn::backend::Wgpu>(&Default::default());
+    assert_eq!(
+        on_wgpu.generation.held_positions_end,
+        composed.generation.held_positions_end
+    );
+    for (x, y) in on_wgpu.token_logprobs.iter().zip(&composed.token_logprobs) {
+        assert!((x - y).abs() < 1e-2, "wgpu {x} vs flex {y}");
+    }
 }

@@ -351,6 +351,9 @@ impl<B: Backend> CausalLm<B> for Transformer<B> {
 
             let cache = state.cache_mut(i)?;
             cache.append(k, v, positions)?;
+            if needs.queries_before_attention {
+                cache.prepare(&q, positions)?;
+            }
             let view = cache.view();
             let attended = attend(q.clone(), positions, &view, c.window_of(i), scale, needs);
             if needs.any() {

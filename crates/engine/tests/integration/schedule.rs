@@ -27,6 +27,10 @@ struct Log {
     appends: Vec<usize>,
     phases: Vec<CompressionPhase>,
     observed: usize,
+    /// Every call in order: `a` append, `p` prepare, `v` view, `o` observe, `c` compress.
+    calls: String,
+    /// Query count and positions handed to `prepare`.
+    prepared: Vec<(usize, Vec<usize>)>,
 }
 
 struct Recording {
@@ -44,23 +48,43 @@ struct RecordingCache {
 impl KvCache<B> for RecordingCache {
     fn append(&mut self, k: Tensor<B, 4>, v: Tensor<B, 4>, p: &[usize]) -> Result<()> {
         if self.layer == 0 {
-            self.log.lock().unwrap().appends.push(p.len());
+            let mut log = self.log.lock().unwrap();
+            log.appends.push(p.len());
+            log.calls.push('a');
         }
         self.inner.append(k, v, p)
     }
+    fn prepare(&mut self, q: &Tensor<B, 4>, p: &[usize]) -> Result<()> {
+        // Queries of this forward, all query heads, before attention.
+        assert_eq!(q.dims()[2], p.len());
+        assert_eq!(q.dims()[1], 4);
+        if self.layer == 0 {
+            let mut log = self.log.lock().unwrap();
+            log.calls.push('p');
+            log.prepared.push((q.dims()[2], p.to_vec()));
+        }
+        Ok(())
+    }
     fn view(&self) -> KvView<B> {
+        if self.layer == 0 {
+            self.log.lock().unwrap().calls.push('v');
+        }
         self.inner.view()
     }
     fn observe(&mut self, o: longctx_core::AttentionObservation<B>) -> Result<()> {
         assert!(o.queries.is_some() && o.weights.is_none());
         if self.layer == 0 {
-            self.log.lock().unwrap().observed += 1;
+            let mut log = self.log.lock().unwrap();
+            log.observed += 1;
+            log.calls.push('o');
         }
         Ok(())
     }
     fn compress(&mut self, phase: CompressionPhase) -> Result<()> {
         if self.layer == 0 {
-            self.log.lock().unwrap().phases.push(phase);
+            let mut log = self.log.lock().unwrap();
+            log.phases.push(phase);
+            log.calls.push('c');
         }
         Ok(())
     }
@@ -152,6 +176,75 @@ fn compress_is_called_exactly_at_the_declared_phases() {
         ]
     );
     assert_eq!(log.observed, 10);
+}
+
+#[test]
+fn prepare_sees_each_forwards_queries_between_append_and_view() {
+    let log = Arc::new(Mutex::new(Log::default()));
+    let method = Recording {
+        schedule: CompressionSchedule {
+            prefill_chunk_tokens: Some(10),
+            after_prefill: false,
+            decode_interval: None,
+        },
+        observe: ObservationNeeds {
+            queries: true,
+            queries_before_attention: true,
+            ..Default::default()
+        },
+        log: log.clone(),
+    };
+    let config = GenerationConfig {
+        max_new_tokens: 3,
+        ..Default::default()
+    };
+    generate(
+        &model(),
+        &method,
+        Budget::Ratio(2.0),
+        &prompt(15),
+        &config,
+        &mut |_| {},
+    )
+    .unwrap();
+    let log = log.lock().unwrap();
+    // Chunks of 10 and 5 (each compressed), then 2 decode steps.
+    assert_eq!(log.calls, "apvocapvocapvoapvo");
+    let want: Vec<(usize, Vec<usize>)> = vec![
+        (10, (0..10).collect()),
+        (5, (10..15).collect()),
+        (1, vec![15]),
+        (1, vec![16]),
+    ];
+    assert_eq!(log.prepared, want);
+}
+
+#[test]
+fn prepare_is_not_called_unless_declared() {
+    let log = Arc::new(Mutex::new(Log::default()));
+    let method = Recording {
+        schedule: CompressionSchedule::default(),
+        observe: ObservationNeeds {
+            queries: true,
+            ..Default::default()
+        },
+        log: log.clone(),
+    };
+    generate(
+        &model(),
+        &method,
+        Budget::Unlimited,
+        &prompt(12),
+        &GenerationConfig {
+            max_new_tokens: 2,
+            ..Default::default()
+        },
+        &mut |_| {},
+    )
+    .unwrap();
+    let log = log.lock().unwrap();
+    assert_eq!(log.calls, "avoavo");
+    assert!(log.prepared.is_empty());
 }
 
 #[test]

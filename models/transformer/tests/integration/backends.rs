@@ -81,11 +81,13 @@ impl<B: Backend> KvMethod<B> for TestMethod {
                 queries: false,
                 attention_weights: self.observe_weights,
                 weight_rows: None,
+                queries_before_attention: false,
             },
             observes_decode: ObservationNeeds {
                 queries: false,
                 attention_weights: self.observe_weights,
                 weight_rows: None,
+                queries_before_attention: false,
             },
             schedule: CompressionSchedule::default(),
             uses_budget: false,
