@@ -9,7 +9,7 @@ use longctx_backend::{run_on, BackendInfo, BackendJob};
 use longctx_core::params::parse_assignments;
 use longctx_core::Registry;
 use longctx_engine::{generate as run_generation, GenerationConfig, Sampling};
-use longctx_harness::{record_path, run_cell, write_record_atomically, CellConfig, RunRecord};
+use longctx_harness::{record_path, run_cell_resumable, CellConfig, RunRecord};
 
 use crate::param_flags::{route_param_flags, ParamFlag, ParamOwner};
 use crate::ModelArgs;
@@ -365,12 +365,12 @@ impl BackendJob for RunJob {
             return Ok(());
         }
         let verbose = self.verbose;
-        let record = run_cell(&registry, &config, &device, info, &mut |line| {
+        // Crash-safe: finished samples go to `<record>.partial.jsonl` and a rerun resumes.
+        let record = run_cell_resumable(&registry, &config, &device, info, &path, &mut |p| {
             if verbose {
-                eprintln!("{line}");
+                eprintln!("{}", p.line);
             }
         })?;
-        let path = write_record_atomically(&path, &record)?;
         print_summary(&record, &path);
         Ok(())
     }
@@ -405,11 +405,13 @@ pub fn run(
 pub fn report(records: &std::path::Path, out: &std::path::Path) -> Result<()> {
     let files = longctx_report::write_report(records, out)?;
     println!(
-        "{} records -> {} ({} heatmap files under {})",
+        "{} records -> {} ({} heatmap, {} Pareto and {} curve files under {})",
         files.records,
         files.markdown.display(),
         files.heatmaps.len(),
-        out.join("heatmaps").display()
+        files.pareto.len(),
+        files.curves.len(),
+        out.display()
     );
     Ok(())
 }

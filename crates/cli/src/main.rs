@@ -3,6 +3,8 @@
 mod backends_check;
 mod bench_perf;
 mod commands;
+mod export;
+mod grid;
 mod param_flags;
 
 use std::path::PathBuf;
@@ -112,6 +114,26 @@ enum Command {
         #[arg(long)]
         verbose: bool,
     },
+    /// Run every cell of a study file (TOML: models x methods x budgets x tasks x backends x
+    /// seeds) that has no record yet, one after another; a cell's record is the one `longctx
+    /// run` would write, and an interrupted cell resumes from its finished samples.
+    Grid {
+        /// The study file (see studies/example.toml).
+        file: PathBuf,
+        /// Directory the records are written under (default: the study's `out`, else results/runs).
+        #[arg(long)]
+        out: Option<PathBuf>,
+        /// Run only shard I of N (numbered from 1): cells sorted by hash, the k-th (from 0) to
+        /// shard k % N + 1.
+        #[arg(long, value_name = "I/N")]
+        shard: Option<longctx_grid::Shard>,
+        /// No progress bars: one line per finished cell.
+        #[arg(long)]
+        quiet: bool,
+        /// List the cells (hash, state, record path) and run nothing.
+        #[arg(long)]
+        dry_run: bool,
+    },
     /// Render tables and needle heatmaps (length x depth, SVG and PNG) from the run records
     /// under a directory; runs no model.
     Report {
@@ -121,6 +143,21 @@ enum Command {
         /// Directory the report (report.md, heatmaps/) is written to.
         #[arg(long, default_value = "results/report")]
         out: PathBuf,
+    },
+    /// Export the run records under a directory: a flat CSV (one row per record; pandas-ready)
+    /// and/or lm-evaluation-harness-style results and samples files; runs no model. Without
+    /// --csv or --lm-eval, the CSV goes to standard output.
+    Export {
+        /// Directory searched (recursively) for run records.
+        #[arg(default_value = "results/runs")]
+        records: PathBuf,
+        /// Write the CSV to this file (`-`: standard output).
+        #[arg(long, value_name = "FILE")]
+        csv: Option<PathBuf>,
+        /// Write results_<timestamp>.json and samples_<task>_<timestamp>.jsonl per record under
+        /// DIR/<task>/<record>/.
+        #[arg(long = "lm-eval", value_name = "DIR")]
+        lm_eval: Option<PathBuf>,
     },
     /// Check that backends agree: tiny-model logits and incremental decoding against a reference
     /// backend; writes a JSON record.
@@ -234,7 +271,25 @@ fn main() -> ExitCode {
             force,
             verbose,
         } => commands::run(model, task, task_params, &param_flags, out, force, verbose),
+        Command::Grid {
+            file,
+            out,
+            shard,
+            quiet,
+            dry_run,
+        } => grid::grid(grid::GridArgs {
+            file,
+            out,
+            shard,
+            quiet,
+            dry_run,
+        }),
         Command::Report { records, out } => commands::report(&records, &out),
+        Command::Export {
+            records,
+            csv,
+            lm_eval,
+        } => export::export(&records, csv.as_deref(), lm_eval.as_deref()),
         Command::CheckBackends {
             backends,
             reference,

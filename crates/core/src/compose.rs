@@ -259,30 +259,19 @@ mod tests {
     use burn::backend::Flex;
     use burn::tensor::TensorData;
 
-    /// Keeps the last `budget` tokens at the end of prefill (a stand-in selector).
-    struct KeepLast {
-        budget: usize,
+    /// Appended keys (used as values too) and their positions.
+    #[derive(Default)]
+    struct Held {
         kv: Option<Tensor<Flex, 4>>,
         positions: Vec<usize>,
     }
 
-    /// Keeps everything and counts its compress calls (a stand-in store).
-    struct Keeper {
-        kv: Option<Tensor<Flex, 4>>,
-        positions: Vec<usize>,
-        compressed: std::sync::Arc<std::sync::atomic::AtomicUsize>,
-    }
-
-    fn cat(old: Option<Tensor<Flex, 4>>, new: Tensor<Flex, 4>) -> Tensor<Flex, 4> {
-        match old {
-            Some(old) => Tensor::cat(vec![old, new], 2),
-            None => new,
-        }
-    }
-
-    impl KvCache<Flex> for KeepLast {
-        fn append(&mut self, k: Tensor<Flex, 4>, _: Tensor<Flex, 4>, p: &[usize]) -> Result<()> {
-            self.kv = Some(cat(self.kv.take(), k));
+    impl Held {
+        fn append(&mut self, k: Tensor<Flex, 4>, p: &[usize]) -> Result<()> {
+            self.kv = Some(match self.kv.take() {
+                Some(old) => Tensor::cat(vec![old, k], 2),
+                None => k,
+            });
             self.positions.extend_from_slice(p);
             Ok(())
         }
@@ -290,34 +279,52 @@ mod tests {
             let kv = self.kv.clone().unwrap();
             KvView::dense(kv.clone(), kv, self.positions.clone())
         }
+    }
+
+    /// Keeps the last `budget` tokens at the end of prefill (a stand-in selector).
+    struct KeepLast {
+        budget: usize,
+        held: Held,
+    }
+
+    /// Keeps everything and counts its compress calls (a stand-in store).
+    struct Keeper {
+        held: Held,
+        compressed: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+    }
+
+    impl KvCache<Flex> for KeepLast {
+        fn append(&mut self, k: Tensor<Flex, 4>, _: Tensor<Flex, 4>, p: &[usize]) -> Result<()> {
+            self.held.append(k, p)
+        }
+        fn view(&self) -> KvView<Flex> {
+            self.held.view()
+        }
         fn compress(&mut self, phase: CompressionPhase) -> Result<()> {
             assert_eq!(phase, CompressionPhase::PrefillEnd);
-            let n = self.positions.len();
-            let kv = self.kv.take().unwrap();
-            self.kv = Some(kv.slice([0..1, 0..2, n - self.budget..n, 0..1]));
-            self.positions.drain(..n - self.budget);
+            let n = self.held.positions.len();
+            let kv = self.held.kv.take().unwrap();
+            self.held.kv = Some(kv.slice([0..1, 0..2, n - self.budget..n, 0..1]));
+            self.held.positions.drain(..n - self.budget);
             Ok(())
         }
         fn len(&self) -> usize {
-            self.positions.len()
+            self.held.positions.len()
         }
         fn budget_tokens(&self) -> Option<usize> {
             Some(self.budget)
         }
         fn memory_bytes(&self) -> usize {
-            8 * self.positions.len()
+            8 * self.held.positions.len()
         }
     }
 
     impl KvCache<Flex> for Keeper {
         fn append(&mut self, k: Tensor<Flex, 4>, _: Tensor<Flex, 4>, p: &[usize]) -> Result<()> {
-            self.kv = Some(cat(self.kv.take(), k));
-            self.positions.extend_from_slice(p);
-            Ok(())
+            self.held.append(k, p)
         }
         fn view(&self) -> KvView<Flex> {
-            let kv = self.kv.clone().unwrap();
-            KvView::dense(kv.clone(), kv, self.positions.clone())
+            self.held.view()
         }
         fn compress(&mut self, _: CompressionPhase) -> Result<()> {
             self.compressed
@@ -325,10 +332,10 @@ mod tests {
             Ok(())
         }
         fn len(&self) -> usize {
-            self.positions.len()
+            self.held.positions.len()
         }
         fn memory_bytes(&self) -> usize {
-            self.positions.len()
+            self.held.positions.len()
         }
     }
 
@@ -368,14 +375,12 @@ mod tests {
             Ok(if self.caps.uses_budget {
                 Box::new(KeepLast {
                     budget: ctx.budget.tokens_for(ctx.prompt_tokens, 1).unwrap(),
-                    kv: None,
-                    positions: Vec::new(),
+                    held: Held::default(),
                 })
             } else {
                 assert_eq!(ctx.budget, Budget::Unlimited, "the store gets no budget");
                 Box::new(Keeper {
-                    kv: None,
-                    positions: Vec::new(),
+                    held: Held::default(),
                     compressed: self.compressed.clone(),
                 })
             })

@@ -7,6 +7,10 @@ mod run;
 
 pub use provenance::{Provenance, BURN_VERSION};
 pub use record::{
-    write_record_atomically, Aggregate, MemorySummary, RunRecord, SampleRecord, TimingSummary,
+    bootstrap_ci95, write_record_atomically, Aggregate, MemorySummary, RunRecord, SampleRecord,
+    TimingSummary, BOOTSTRAP_RESAMPLES, BOOTSTRAP_SEED,
 };
-pub use run::{config_hash, prompt_text, record_path, run_cell, CellConfig, Component};
+pub use run::{
+    config_hash, partial_path, prompt_text, read_partial, record_path, run_cell,
+    run_cell_resumable, CellConfig, Component, PartialHeader, SampleProgress, PARTIAL_SCHEMA,
+};

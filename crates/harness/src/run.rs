@@ -1,4 +1,5 @@
 use std::collections::BTreeMap;
+use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::time::{Instant, SystemTime};
 
@@ -168,7 +169,8 @@ pub fn prompt_text(sample: &Sample, tokenizer: &dyn TextTokenizer) -> String {
 }
 
 /// Runs every sample of the cell on `device` and returns the record (not yet written).
-/// `progress` receives one line per finished sample.
+/// `progress` receives one line per finished sample. Nothing is persisted; see
+/// [`run_cell_resumable`] for the crash-safe form.
 pub fn run_cell<B: Backend>(
     registry: &Registry<B>,
     config: &CellConfig,
@@ -176,7 +178,163 @@ pub fn run_cell<B: Backend>(
     backend: BackendInfo,
     progress: &mut dyn FnMut(&str),
 ) -> Result<RunRecord> {
-    let started_at = now_rfc3339();
+    run_cell_inner(registry, config, device, backend, None, &mut |p| {
+        progress(p.line)
+    })
+}
+
+/// One finished (or resumed) sample of a cell, for progress displays.
+#[derive(Clone, Copy, Debug)]
+pub struct SampleProgress<'a> {
+    /// Samples of the cell finished so far, this one included.
+    pub done: usize,
+    /// Samples of the cell.
+    pub total: usize,
+    /// Whether this sample was read back from the partial file instead of run.
+    pub resumed: bool,
+    /// A one-line summary (prompt tokens, speeds, scores).
+    pub line: &'a str,
+}
+
+/// Runs the cell crash-safely and writes its record to `path` (usually [`record_path`]).
+///
+/// Each finished sample is appended to [`partial_path`]`(path)` at once (one JSON
+/// [`SampleRecord`] per line after a header line holding the config hash, flushed and synced),
+/// so a crash or `kill -9` loses at most the sample in flight. When a partial file of the same
+/// configuration (and the same generated samples) exists, its samples are taken as they are and
+/// only the others run; a truncated last line is ignored. A partial file of another
+/// configuration or data set is discarded and replaced. The final record is written atomically,
+/// then the partial file is deleted. The record's `started_at` is the first attempt's;
+/// `wall_seconds` counts only the last process.
+pub fn run_cell_resumable<B: Backend>(
+    registry: &Registry<B>,
+    config: &CellConfig,
+    device: &B::Device,
+    backend: BackendInfo,
+    path: &Path,
+    progress: &mut dyn FnMut(&SampleProgress),
+) -> Result<RunRecord> {
+    let partial = partial_path(path);
+    let record = run_cell_inner(registry, config, device, backend, Some(&partial), progress)?;
+    crate::write_record_atomically(path, &record)?;
+    match std::fs::remove_file(&partial) {
+        Ok(()) => Ok(record),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(record),
+        Err(e) => Err(Error::io(&partial, e)),
+    }
+}
+
+/// `<record path>.partial.jsonl`: the samples of a cell in progress.
+pub fn partial_path(record: &Path) -> PathBuf {
+    let mut name = record.as_os_str().to_os_string();
+    name.push(".partial.jsonl");
+    PathBuf::from(name)
+}
+
+/// Schema of the partial file's header line.
+pub const PARTIAL_SCHEMA: &str = "longctx.partial/1";
+
+/// The first line of a partial file.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct PartialHeader {
+    /// [`PARTIAL_SCHEMA`].
+    pub schema: String,
+    /// [`config_hash`] of the cell; a partial file of another hash is never used.
+    pub config_hash: String,
+    /// The task's generated samples (as in the record's provenance); a partial file made from
+    /// other data is never used.
+    pub dataset_sha256: String,
+    /// When the first attempt started.
+    pub started_at: String,
+}
+
+/// The samples of a partial file whose header matches `header` (`started_at` aside), and its
+/// header's `started_at`: `None` when the file is missing, unreadable or of another cell.
+/// Reading stops at the first line that does not parse (a write cut short).
+pub fn read_partial(path: &Path, header: &PartialHeader) -> Option<(String, Vec<SampleRecord>)> {
+    let text = std::fs::read(path).ok()?;
+    let text = String::from_utf8_lossy(&text);
+    let mut lines = text.split_inclusive('\n');
+    let first: PartialHeader = serde_json::from_str(lines.next()?.trim_end()).ok()?;
+    if first.schema != header.schema
+        || first.config_hash != header.config_hash
+        || first.dataset_sha256 != header.dataset_sha256
+    {
+        return None;
+    }
+    let mut samples = Vec::new();
+    for line in lines {
+        // A line without its newline was cut short, even if it parses.
+        let Some(line) = line.strip_suffix('\n') else {
+            break;
+        };
+        match serde_json::from_str::<SampleRecord>(line) {
+            Ok(s) => samples.push(s),
+            Err(_) => break,
+        }
+    }
+    Some((first.started_at, samples))
+}
+
+/// Appends samples to a partial file, one synced line each.
+struct PartialWriter {
+    path: PathBuf,
+    file: std::fs::File,
+}
+
+impl PartialWriter {
+    /// (Re)writes the file with `header` and `samples` (atomically), then opens it to append.
+    fn create(path: &Path, header: &PartialHeader, samples: &[SampleRecord]) -> Result<Self> {
+        let mut text = json_line(header)?;
+        for s in samples {
+            text += &json_line(s)?;
+        }
+        let dir = path.parent().unwrap_or(Path::new("."));
+        std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
+        let mut tmp = path.as_os_str().to_os_string();
+        tmp.push(format!(".tmp.{}", std::process::id()));
+        let tmp = PathBuf::from(tmp);
+        let mut f = std::fs::File::create(&tmp).map_err(|e| Error::io(&tmp, e))?;
+        f.write_all(text.as_bytes())
+            .and_then(|_| f.sync_all())
+            .map_err(|e| Error::io(&tmp, e))?;
+        std::fs::rename(&tmp, path).map_err(|e| Error::io(path, e))?;
+        let file = std::fs::OpenOptions::new()
+            .append(true)
+            .open(path)
+            .map_err(|e| Error::io(path, e))?;
+        Ok(Self {
+            path: path.to_path_buf(),
+            file,
+        })
+    }
+
+    fn append(&mut self, sample: &SampleRecord) -> Result<()> {
+        let line = json_line(sample)?;
+        self.file
+            .write_all(line.as_bytes())
+            .and_then(|_| self.file.flush())
+            .and_then(|_| self.file.sync_data())
+            .map_err(|e| Error::io(&self.path, e))
+    }
+}
+
+/// One JSON line of `value`.
+fn json_line<T: Serialize>(value: &T) -> Result<String> {
+    serde_json::to_string(value)
+        .map(|s| s + "\n")
+        .map_err(|e| Error::Other(format!("serialising: {e}")))
+}
+
+fn run_cell_inner<B: Backend>(
+    registry: &Registry<B>,
+    config: &CellConfig,
+    device: &B::Device,
+    backend: BackendInfo,
+    partial: Option<&Path>,
+    progress: &mut dyn FnMut(&SampleProgress),
+) -> Result<RunRecord> {
+    let mut started_at = now_rfc3339();
     let wall = Instant::now();
     let loaded = registry.load_model(&config.model.name, &config.model.params, device)?;
     let method = registry.build_method(&config.method.name, &config.method.params)?;
@@ -194,14 +352,55 @@ pub fn run_cell<B: Backend>(
             dataset.update(c.as_bytes());
         }
     }
-    let dataset_sha256 = dataset
+    let dataset_sha256: String = dataset
         .finalize()
         .iter()
         .map(|b| format!("{b:02x}"))
         .collect();
 
+    // Samples a previous attempt finished, by id (only when ids are unique).
+    let mut resumed: BTreeMap<String, SampleRecord> = BTreeMap::new();
+    let mut writer = None;
+    if let Some(path) = partial {
+        let header = PartialHeader {
+            schema: PARTIAL_SCHEMA.into(),
+            config_hash: config_hash(config),
+            dataset_sha256: dataset_sha256.clone(),
+            started_at: started_at.clone(),
+        };
+        let ids: std::collections::BTreeSet<&str> = samples.iter().map(|s| s.id.as_str()).collect();
+        let mut kept = Vec::new();
+        if ids.len() == samples.len() {
+            if let Some((first_started, done)) = read_partial(path, &header) {
+                started_at = first_started;
+                for s in done {
+                    if ids.contains(s.id.as_str()) && !resumed.contains_key(&s.id) {
+                        kept.push(s.clone());
+                        resumed.insert(s.id.clone(), s);
+                    }
+                }
+            }
+        }
+        let header = PartialHeader {
+            started_at: started_at.clone(),
+            ..header
+        };
+        writer = Some(PartialWriter::create(path, &header, &kept)?);
+    }
+
     let mut records = Vec::with_capacity(samples.len());
     for (i, sample) in samples.iter().enumerate() {
+        if let Some(done) = resumed.remove(&sample.id) {
+            let line = format!("[{}/{}] {} resumed", i + 1, samples.len(), sample.id);
+            progress(&SampleProgress {
+                done: i + 1,
+                total: samples.len(),
+                resumed: true,
+                line: &line,
+            });
+            records.push(done);
+            continue;
+        }
         let prompt_text = prompt_text(sample, tokenizer);
         let prompt = tokenizer.encode(&prompt_text, true)?;
         let (out, prediction, scores) = match &sample.continuation {
@@ -252,7 +451,7 @@ pub fn run_cell<B: Backend>(
                 (out, prediction, scores)
             }
         };
-        progress(&format!(
+        let line = format!(
             "[{}/{}] {} prompt {} tok, prefill {:.0} tok/s, decode {:.1} tok/s, {}",
             i + 1,
             samples.len(),
@@ -265,8 +464,8 @@ pub fn run_cell<B: Backend>(
                 .map(|(k, v)| format!("{k}={v:.2}"))
                 .collect::<Vec<_>>()
                 .join(" ")
-        ));
-        records.push(SampleRecord {
+        );
+        let record = SampleRecord {
             id: sample.id.clone(),
             metadata: sample.metadata.clone(),
             prompt_tokens: prompt.len(),
@@ -288,6 +487,16 @@ pub fn run_cell<B: Backend>(
             host_state_bytes_end: out.host_state_bytes_end,
             budget_tokens_per_layer: out.budget_tokens_per_layer,
             uncompressed_question_tokens: out.uncompressed_question_tokens,
+        };
+        if let Some(w) = writer.as_mut() {
+            w.append(&record)?;
+        }
+        records.push(record);
+        progress(&SampleProgress {
+            done: i + 1,
+            total: samples.len(),
+            resumed: false,
+            line: &line,
         });
     }
 
@@ -509,6 +718,121 @@ mod tests {
                 "{err}"
             );
         }
+    }
+
+    fn flex_info() -> BackendInfo {
+        BackendInfo {
+            kind: BackendKind::Flex,
+            burn_name: "flex".into(),
+            device: "test".into(),
+        }
+    }
+
+    /// A partial file of the cell: header, `samples` marked as read back, then `tail` as is.
+    fn write_partial(path: &Path, header: &PartialHeader, samples: &[SampleRecord], tail: &str) {
+        let mut text = json_line(header).unwrap();
+        for s in samples {
+            let mut s = s.clone();
+            s.prediction = format!("from the partial file: {}", s.id);
+            text += &json_line(&s).unwrap();
+        }
+        text += tail;
+        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+        std::fs::write(path, text).unwrap();
+    }
+
+    #[test]
+    fn a_partial_cell_resumes_with_every_sample_once() {
+        let (registry, c) = config("300");
+        let c = CellConfig {
+            task: Component {
+                params: registry
+                    .task_params(
+                        "passkey",
+                        &RawParams::from([
+                            ("lengths".to_string(), "300".to_string()),
+                            ("depths".into(), "0,0.5,1".into()),
+                        ]),
+                    )
+                    .unwrap(),
+                ..c.task.clone()
+            },
+            ..c
+        };
+        let full = run_cell(&registry, &c, &Default::default(), flex_info(), &mut |_| {}).unwrap();
+        assert_eq!(full.samples.len(), 3);
+        let dir = std::env::temp_dir().join(format!("longctx-resume-test-{}", std::process::id()));
+        let path = record_path(&dir, &c);
+        let partial = partial_path(&path);
+        assert!(partial.to_string_lossy().ends_with(".json.partial.jsonl"));
+        let header = PartialHeader {
+            schema: PARTIAL_SCHEMA.into(),
+            config_hash: config_hash(&c),
+            dataset_sha256: full.provenance.dataset_sha256.clone(),
+            started_at: "2001-01-01T00:00:00Z".into(),
+        };
+        // Two samples, then a line cut short by a crash.
+        let cut = json_line(&full.samples[2]).unwrap();
+        write_partial(&partial, &header, &full.samples[..2], &cut[..cut.len() / 2]);
+        let mut lines = Vec::new();
+        let record = run_cell_resumable(
+            &registry,
+            &c,
+            &Default::default(),
+            flex_info(),
+            &path,
+            &mut |p| lines.push((p.done, p.total, p.resumed)),
+        )
+        .unwrap();
+        assert_eq!(lines, [(1, 3, true), (2, 3, true), (3, 3, false)]);
+        let ids: Vec<_> = record.samples.iter().map(|s| s.id.clone()).collect();
+        let expected: Vec<_> = full.samples.iter().map(|s| s.id.clone()).collect();
+        assert_eq!(ids, expected, "every sample once, in the task's order");
+        for s in &record.samples[..2] {
+            assert!(s.prediction.starts_with("from the partial file"), "{s:?}");
+        }
+        assert_eq!(record.samples[2].prediction, full.samples[2].prediction);
+        assert_eq!(record.metrics.samples, 3);
+        assert_eq!(record.provenance.started_at, "2001-01-01T00:00:00Z");
+        // The record is written, the partial file gone.
+        let back: RunRecord = serde_json::from_slice(&std::fs::read(&path).unwrap()).unwrap();
+        assert_eq!(back.samples.len(), 3);
+        assert!(!partial.exists());
+
+        // A partial file of another configuration is discarded, never mixed in.
+        std::fs::remove_file(&path).unwrap();
+        let other = PartialHeader {
+            config_hash: "0".repeat(64),
+            ..header.clone()
+        };
+        write_partial(&partial, &other, &full.samples[..2], "");
+        let mut resumed = 0;
+        let record = run_cell_resumable(
+            &registry,
+            &c,
+            &Default::default(),
+            flex_info(),
+            &path,
+            &mut |p| resumed += p.resumed as usize,
+        )
+        .unwrap();
+        assert_eq!(resumed, 0);
+        assert_eq!(record.samples.len(), 3);
+        assert!(record
+            .samples
+            .iter()
+            .all(|s| !s.prediction.starts_with("from the partial file")));
+        assert_ne!(record.provenance.started_at, "2001-01-01T00:00:00Z");
+        assert!(!partial.exists());
+        // So is one made from other samples (the data set changed).
+        let stale = PartialHeader {
+            dataset_sha256: "1".repeat(64),
+            ..header.clone()
+        };
+        write_partial(&partial, &stale, &full.samples[..2], "");
+        assert!(read_partial(&partial, &header).is_none());
+        assert_eq!(read_partial(&partial, &stale).unwrap().1.len(), 2);
+        std::fs::remove_dir_all(dir).unwrap();
     }
 
     #[test]

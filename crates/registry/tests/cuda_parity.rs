@@ -11,9 +11,12 @@ use burn::backend::wgpu::CubeBackend;
 use burn::tensor::{backend::Backend, Int, Tensor, TensorData};
 use cubecl::cuda::CudaRuntime;
 
-use longctx_core::{Budget, KvMethod, RawParams};
+use longctx_core::Budget;
 use longctx_engine::{score_continuation, ContinuationScore};
 use longctx_kvquant::testing::{cuda_requested, tiny_model, tokens};
+
+mod common;
+use common::method;
 
 type Fused = burn::backend::Cuda<f32, i32>;
 type Unfused = CubeBackend<CudaRuntime, f32, i32, u8>;
@@ -31,16 +34,6 @@ const METHODS: [(&str, &[(&str, &str)], Budget); 10] = [
     ("pyramidkv", &[], Budget::Ratio(4.0)),
     ("tova", &[], Budget::Ratio(4.0)),
 ];
-
-fn method<B: Backend>(name: &str, given: &[(&str, &str)]) -> Box<dyn KvMethod<B>> {
-    let r = longctx_registry::builtin::<B>();
-    let raw: RawParams = given
-        .iter()
-        .map(|(k, v)| (k.to_string(), v.to_string()))
-        .collect();
-    let p = r.method_params(name, &raw).unwrap();
-    r.build_method(name, &p).unwrap()
-}
 
 fn run<B: Backend>(
     name: &str,

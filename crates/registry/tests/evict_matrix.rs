@@ -13,6 +13,9 @@ use longctx_engine::{score_continuation, ContinuationScore};
 use longctx_kvquant::testing::{tiny_model, tokens, wgpu_available};
 use longctx_method_full::FullCache;
 
+mod common;
+use common::method;
+
 const EVICTION_METHODS: [&str; 8] = [
     "streaming-llm",
     "h2o",
@@ -36,16 +39,6 @@ fn matrix_params(name: &str) -> &'static [(&'static str, &'static str)] {
         ],
         _ => &[],
     }
-}
-
-fn method<B: Backend>(name: &str, given: &[(&str, &str)]) -> Box<dyn KvMethod<B>> {
-    let r = longctx_registry::builtin::<B>();
-    let raw: RawParams = given
-        .iter()
-        .map(|(k, v)| (k.to_string(), v.to_string()))
-        .collect();
-    let p = r.method_params(name, &raw).unwrap();
-    r.build_method(name, &p).unwrap()
 }
 
 /// Prefill of `prompt` tokens, then `decode` teacher-forced steps, through the runner.

@@ -104,7 +104,7 @@ static FONT: Once = Once::new();
 
 /// Plotters measures and rasterises text with a bundled font (DejaVu Sans), so figures look
 /// the same on every machine and need no system fonts.
-fn register_font() {
+pub(crate) fn register_font() {
     FONT.call_once(|| {
         let bytes: &'static [u8] = include_bytes!("../assets/DejaVuSans.ttf");
         // The bundled font is valid; if registration ever failed, text would be missing from

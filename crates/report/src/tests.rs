@@ -104,6 +104,8 @@ fn report_writes_markdown_and_heatmaps_and_skips_other_json() {
     );
     assert!(md.contains("## niah: exact_match per length"), "{md}");
     assert!(md.contains("| 1000 | 2000 | 4000 |"), "{md}");
+    assert_eq!(files.pareto.len(), 2);
+    assert!(files.curves.len() == 2, "{:?}", files.curves);
     assert!(md.contains("![smollm2-135m | full"), "{md}");
     let svg = std::fs::read_to_string(&files.heatmaps[0]).unwrap();
     assert!(svg.starts_with("<svg"), "{}", &svg[..80.min(svg.len())]);
@@ -131,4 +133,340 @@ fn report_writes_markdown_and_heatmaps_and_skips_other_json() {
     for d in [records, out, empty] {
         std::fs::remove_dir_all(d).unwrap();
     }
+}
+
+/// A variant of the committed needle record: another method, budget, needle length, KV bytes
+/// per token and exact match (every sample's score set to it, so aggregates stay consistent).
+fn variant(method: &str, budget: &str, digits: i64, bytes: f64, em: f64) -> RunRecord {
+    let (_, mut r) = committed_niah_record();
+    r.config.method.name = method.into();
+    r.config.budget = budget.parse().unwrap();
+    r.config
+        .task
+        .params
+        .values
+        .insert("digits".into(), longctx_core::ParamValue::Int(digits));
+    r.memory.bytes_per_token = bytes;
+    for (i, s) in r.samples.iter_mut().enumerate() {
+        // Alternate 1/0 around `em` so intervals are not degenerate.
+        let v = if em > 0.0 && em < 1.0 {
+            (i % 2) as f64
+        } else {
+            em
+        };
+        s.scores.insert("exact_match".into(), v);
+    }
+    r.metrics = longctx_harness::Aggregate::from_samples(&r.samples, &["length", "depth"]);
+    r.metrics.overall.insert("exact_match".into(), em);
+    r.config_hash = format!("{method}{budget}{digits}");
+    r
+}
+
+#[test]
+fn pareto_front_keeps_undominated_points_and_ties() {
+    // Higher is better: (1, .5) twice (a tie: both stay), (2, .8), (4, .9) are the front;
+    // (2, .5) and (4, .8) are dominated.
+    let pts = [
+        (1.0, 0.5),
+        (2.0, 0.5),
+        (2.0, 0.8),
+        (4.0, 0.8),
+        (4.0, 0.9),
+        (1.0, 0.5),
+    ];
+    assert_eq!(pareto_front(&pts, false), vec![0, 5, 2, 4]);
+    // Lower is better (NLL): (1, 3.0) and (2, 2.5) only; NaN is never on the front.
+    let nll = [
+        (1.0, 3.0),
+        (2.0, 2.5),
+        (3.0, 2.6),
+        (0.5, f64::NAN),
+        (2.0, 2.5),
+    ];
+    assert_eq!(pareto_front(&nll, true), vec![0, 1, 4]);
+    // Equal cost, different quality: only the better one.
+    assert_eq!(pareto_front(&[(1.0, 0.2), (1.0, 0.4)], false), vec![1]);
+    assert!(pareto_front(&[], false).is_empty());
+}
+
+#[test]
+fn families_and_distinguishing_parameters_come_from_the_records() {
+    assert_eq!(
+        MethodFamily::of_method("full", false),
+        MethodFamily::Baseline
+    );
+    assert_eq!(
+        MethodFamily::of_method("kivi", false),
+        MethodFamily::Quantization
+    );
+    assert_eq!(
+        MethodFamily::of_method("snapkv", true),
+        MethodFamily::TokenDropping
+    );
+    assert_eq!(
+        MethodFamily::of_method("snapkv+kivi", true),
+        MethodFamily::Composite
+    );
+    assert_eq!(
+        MethodFamily::of_method("newthing", true),
+        MethodFamily::TokenDropping
+    );
+    assert_eq!(
+        MethodFamily::of_method("newthing", false),
+        MethodFamily::Other
+    );
+    assert!(lower_is_better("nll") && lower_is_better("perplexity"));
+    assert!(!lower_is_better("exact_match"));
+
+    let a = variant("full", "unlimited", 7, 9000.0, 0.6);
+    let b = variant("full", "unlimited", 64, 9000.0, 0.2);
+    let mut c = variant("kivi", "unlimited", 64, 2000.0, 0.0);
+    c.config.task.params.values.insert(
+        "essays_dir".into(),
+        longctx_core::ParamValue::Str("/elsewhere".into()),
+    );
+    let settings = task_settings(&[&a, &b, &c], &[]);
+    assert_eq!(settings[0], vec![("digits".to_string(), "7".to_string())]);
+    assert_eq!(settings[2], vec![("digits".to_string(), "64".to_string())]);
+    // A single record has nothing to tell apart.
+    assert!(task_settings(&[&a], &[])[0].is_empty());
+}
+
+#[test]
+fn report_writes_pareto_plots_curves_settings_and_intervals() {
+    let records = temp_dir("pareto-records");
+    let cells = [
+        variant("full", "unlimited", 7, 9000.0, 0.6),
+        variant("kivi", "unlimited", 7, 2000.0, 0.6),
+        variant("snapkv", "4x", 7, 3000.0, 0.2),
+        variant("snapkv+kivi", "4x", 7, 800.0, 0.0),
+        variant("full", "unlimited", 64, 9000.0, 0.4),
+        variant("h2o", "2x", 64, 9000.0, 0.0),
+    ];
+    for (i, r) in cells.iter().enumerate() {
+        let dir = records.join("niah");
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join(format!("r{i}.json"));
+        longctx_harness::write_record_atomically(&path, r).unwrap();
+    }
+    let out = temp_dir("pareto-out");
+    let files = write_report(&records, &out).unwrap();
+    assert_eq!(files.records, 6);
+    let stem7 = "niah__smollm2-135m__digits-7";
+    let stem64 = "niah__smollm2-135m__digits-64";
+    for stem in [stem7, stem64] {
+        for ext in ["svg", "png"] {
+            assert!(out.join("pareto").join(format!("{stem}.{ext}")).is_file());
+            assert!(out.join("curves").join(format!("{stem}.{ext}")).is_file());
+        }
+    }
+    assert_eq!(files.pareto.len(), 4);
+    assert_eq!(files.curves.len(), 4);
+    let svg = std::fs::read_to_string(out.join("pareto").join(format!("{stem7}.svg"))).unwrap();
+    for needle in [
+        "KV bytes per token",
+        "exact_match (higher is better)",
+        "snapkv 4x",
+        "kivi unlimited",
+        "Pareto front",
+        "token dropping",
+    ] {
+        assert!(
+            svg.contains(needle),
+            "{needle} missing from the Pareto plot"
+        );
+    }
+    let png = std::fs::read(out.join("curves").join(format!("{stem7}.png"))).unwrap();
+    assert_eq!(&png[..4], b"\x89PNG");
+    // The data behind the plot: the front is kivi (cheapest at 0.6) and snapkv+kivi.
+    let rs: Vec<&RunRecord> = cells.iter().collect();
+    let plots = pareto_plots(&rs);
+    assert_eq!(plots.len(), 2);
+    let p7 = plots.iter().find(|p| p.file_stem == stem7).unwrap();
+    let front: Vec<&str> = p7
+        .front
+        .iter()
+        .map(|&i| p7.points[i].label.as_str())
+        .collect();
+    assert_eq!(front, ["snapkv+kivi 4x", "kivi unlimited"]);
+    assert_eq!(p7.title, "niah | digits=7 | smollm2-135m");
+    let curves = length_curves(&rs);
+    assert_eq!(curves.len(), 2);
+    assert_eq!(curves[0].lines.len() + curves[1].lines.len(), 6);
+
+    let md = std::fs::read_to_string(&files.markdown).unwrap();
+    assert!(
+        md.contains("| niah | smollm2-135m | full | unlimited | flex | digits=7 |"),
+        "{md}"
+    );
+    assert!(
+        md.contains("| niah | smollm2-135m | full | unlimited | flex | digits=64 |"),
+        "{md}"
+    );
+    // A bootstrap interval beside a metric whose samples disagree.
+    assert!(md.contains("exact_match 0.200 ["), "{md}");
+    assert!(md.contains("## Pareto plots"), "{md}");
+    assert!(md.contains(&format!("(pareto/{stem64}.svg)")), "{md}");
+    assert!(md.contains(&format!("(curves/{stem7}.svg)")), "{md}");
+    for d in [records, out] {
+        std::fs::remove_dir_all(d).unwrap();
+    }
+}
+
+/// Splits CSV text into rows of fields (RFC 4180 quoting).
+fn parse_csv(text: &str) -> Vec<Vec<String>> {
+    let mut rows = Vec::new();
+    let mut row = Vec::new();
+    let mut field = String::new();
+    let mut quoted = false;
+    let mut chars = text.chars().peekable();
+    while let Some(c) = chars.next() {
+        match (quoted, c) {
+            (true, '"') if chars.peek() == Some(&'"') => {
+                field.push('"');
+                chars.next();
+            }
+            (true, '"') => quoted = false,
+            (true, c) => field.push(c),
+            (false, '"') => quoted = true,
+            (false, ',') => row.push(std::mem::take(&mut field)),
+            (false, '\n') => {
+                row.push(std::mem::take(&mut field));
+                rows.push(std::mem::take(&mut row));
+            }
+            (false, c) => field.push(c),
+        }
+    }
+    rows
+}
+
+#[test]
+fn csv_has_one_row_per_record_with_parameter_metric_and_cost_columns() {
+    assert_eq!(export::csv_field("plain"), "plain");
+    assert_eq!(export::csv_field("a,b"), "\"a,b\"");
+    assert_eq!(export::csv_field("say \"hi\""), "\"say \"\"hi\"\"\"");
+    assert_eq!(export::csv_field("two\nlines"), "\"two\nlines\"");
+    assert_eq!(export::csv_field(" pad"), "\" pad\"");
+
+    let root = Path::new("/records");
+    let mut odd = variant("snapkv", "4x", 64, 3000.0, 0.5);
+    odd.config.method.name = "odd,\"name\"".into();
+    let records = vec![
+        (
+            root.join("niah/a.json"),
+            variant("full", "unlimited", 7, 9000.0, 0.6),
+        ),
+        (root.join("niah/b.json"), odd),
+    ];
+    let text = export::csv_export(&records, root);
+    let rows = parse_csv(&text);
+    assert_eq!(rows.len(), 3);
+    let header = &rows[0];
+    assert!(rows.iter().all(|r| r.len() == header.len()));
+    let col = |name: &str| {
+        header
+            .iter()
+            .position(|h| h == name)
+            .unwrap_or_else(|| panic!("no column {name} in {header:?}"))
+    };
+    for (i, name) in ["model", "method", "family", "budget", "backend", "task"]
+        .iter()
+        .enumerate()
+    {
+        assert_eq!(col(name), i);
+    }
+    assert_eq!(header.last().unwrap(), "record");
+    assert_eq!(rows[1][col("method")], "full");
+    assert_eq!(rows[1][col("family")], "baseline");
+    assert_eq!(rows[2][col("method")], "odd,\"name\"");
+    assert_eq!(rows[2][col("budget")], "4x");
+    assert_eq!(rows[1][col("param.digits")], "7");
+    assert_eq!(rows[2][col("param.digits")], "64");
+    assert_eq!(rows[1][col("param.lengths")], "1000,2000,4000");
+    assert_eq!(rows[1][col("exact_match")], "0.6");
+    let lo: f64 = rows[2][col("exact_match_ci_lo")].parse().unwrap();
+    let hi: f64 = rows[2][col("exact_match_ci_hi")].parse().unwrap();
+    assert!(lo < hi && lo >= 0.0 && hi <= 1.0, "[{lo}, {hi}]");
+    assert!(col("partial_match_ci_hi") > col("partial_match"));
+    assert_eq!(rows[1][col("bytes_per_token")], "9000");
+    for name in [
+        "kv_bytes_after_prefill",
+        "kv_bytes_end",
+        "compression_vs_fp16",
+        "prefill_tokens_per_second",
+        "decode_tokens_per_second",
+        "config_hash",
+        "git_commit",
+    ] {
+        assert!(!rows[1][col(name)].is_empty(), "{name} empty");
+    }
+    assert!(
+        header.iter().any(|h| h.starts_with("method."))
+            || header.contains(&"model.dtype".to_string())
+    );
+    assert_eq!(rows[2][col("record")], "niah/b.json");
+}
+
+#[test]
+fn lm_eval_export_uses_the_harness_key_names() {
+    let r = variant("snapkv", "4x", 7, 3000.0, 0.5);
+    let results = export::lm_eval_results(&r, "niah/x.json");
+    let task = &results["results"]["niah"];
+    assert_eq!(task["alias"], "niah");
+    assert_eq!(task["exact_match,none"], 0.5);
+    assert!(task["exact_match_stderr,none"].as_f64().unwrap() > 0.0);
+    assert!(task["partial_match,none"].is_number());
+    let n = r.samples.len();
+    assert_eq!(results["n-samples"]["niah"]["original"], n);
+    assert_eq!(results["n-samples"]["niah"]["effective"], n);
+    assert_eq!(results["versions"]["niah"], r.provenance.longctx_version);
+    assert_eq!(results["higher_is_better"]["niah"]["exact_match"], true);
+    assert_eq!(results["configs"]["niah"]["task"], "niah");
+    assert_eq!(results["configs"]["niah"]["task_params"]["digits"], 7);
+    assert_eq!(results["config"]["model"], "smollm2-135m");
+    assert_eq!(results["config"]["method"], "snapkv");
+    assert_eq!(results["config"]["budget"], "4x");
+    assert!(results["date"].as_f64().unwrap() > 1.7e9);
+    assert_eq!(results["longctx"]["record"], "niah/x.json");
+    assert!(results["longctx"]["ci95"]["exact_match"].is_array());
+
+    let samples = export::lm_eval_samples(&r);
+    let lines: Vec<serde_json::Value> = samples
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(lines.len(), n);
+    let first = &lines[0];
+    assert_eq!(first["doc_id"], 0);
+    assert_eq!(first["doc"]["id"], r.samples[0].id.as_str());
+    assert_eq!(first["doc"]["length"], r.samples[0].metadata["length"]);
+    assert_eq!(first["target"], r.samples[0].references[0].as_str());
+    assert_eq!(first["resps"][0][0], r.samples[0].prediction.as_str());
+    assert_eq!(first["filtered_resps"][0], r.samples[0].prediction.as_str());
+    assert_eq!(first["filter"], "none");
+    assert_eq!(first["exact_match"], r.samples[0].scores["exact_match"]);
+    assert!(first["metrics"]
+        .as_array()
+        .unwrap()
+        .contains(&serde_json::json!("exact_match")));
+
+    // Files: results_<timestamp>.json and samples_<task>_<timestamp>.jsonl per record.
+    let out = temp_dir("lm-eval");
+    let root = Path::new("/records");
+    let files =
+        export::write_lm_eval(&[(root.join("niah/cell.json"), r.clone())], root, &out).unwrap();
+    let ts = export::lm_eval_timestamp(&r);
+    assert!(!ts.contains(':'), "{ts}");
+    let dir = out.join("niah").join("cell");
+    assert_eq!(
+        files,
+        vec![
+            dir.join(format!("results_{ts}.json")),
+            dir.join(format!("samples_niah_{ts}.jsonl"))
+        ]
+    );
+    let back: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(&files[0]).unwrap()).unwrap();
+    assert_eq!(back["results"]["niah"]["exact_match,none"], 0.5);
+    std::fs::remove_dir_all(out).unwrap();
 }

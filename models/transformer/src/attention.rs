@@ -150,11 +150,14 @@ pub fn attend<B: Backend>(
     let n_kv = view.keys.dims()[1];
     let groups = n_q / n_kv;
     let device = queries.device();
-    let plain = plain_causal(&view.positions, query_positions, window)
-        && view.padding_mask.is_none()
+    let causal_only = plain_causal(&view.positions, query_positions, window)
         && window_hides_nothing(&view.positions, query_positions, view.window);
+    let plain = causal_only && view.padding_mask.is_none();
+    // A decode step sees every held key, so a ragged (padded) view needs only its padding
+    // masked and keeps the grouped decode kernel below.
+    let padded_decode = t == 1 && causal_only;
 
-    if !needs.attention_weights && plain {
+    if !needs.attention_weights && (plain || padded_decode) {
         let options = AttentionModuleOptions {
             scale: Some(scale),
             softcap: None,
@@ -164,11 +167,15 @@ pub fn attend<B: Backend>(
             // Decode: every key is visible; view the query-head groups as a batch of queries
             // per KV head instead of repeating the keys.
             let q = queries.reshape([1, n_kv, groups, d]);
+            let padding = view
+                .padding_mask
+                .as_ref()
+                .map(|p| p.clone().expand([1, n_kv, groups, view.len()]));
             let out = attention(
                 q,
                 view.keys.clone(),
                 view.values.clone(),
-                None,
+                padding,
                 None,
                 options,
             );
@@ -386,6 +393,37 @@ mod view_window_tests {
                 assert!((w[h * s + j] - want).abs() < 1e-5, "head {h} slot {j}");
             }
         }
+    }
+
+    #[test]
+    fn a_padded_decode_step_keeps_the_grouped_kernel_and_matches_the_masked_path() {
+        let device = Default::default();
+        let [h_q, h_kv, s, d] = [6, 2, 9, 8];
+        let normal = burn::tensor::Distribution::Normal(0.0, 1.0);
+        let q = Tensor::<Flex, 4>::random([1, h_q, 1, d], normal, &device);
+        let k = Tensor::<Flex, 4>::random([1, h_kv, s, d], normal, &device);
+        let v = Tensor::<Flex, 4>::random([1, h_kv, s, d], normal, &device);
+        // Head 0 holds all 9 slots, head 1 only the last 5 (right-aligned ragged heads).
+        let pad: Vec<bool> = (0..2 * s).map(|i| i >= s && i < s + 4).collect();
+        let mut view = KvView::dense(k, v, (0..s).collect());
+        view.padding_mask = Some(Tensor::from_data(
+            burn::tensor::TensorData::new(pad, [1, h_kv, 1, s]),
+            &device,
+        ));
+        let fast = attend(
+            q.clone(),
+            &[s],
+            &view,
+            None,
+            0.3,
+            ObservationNeeds::default(),
+        );
+        let masked = attend(q, &[s], &view, None, 0.3, ObservationNeeds::all_weights());
+        let diff: f32 = (fast.output - masked.output).abs().max().into_scalar();
+        assert!(diff < 1e-5, "outputs differ by {diff}");
+        let w: Vec<f32> = masked.weights.unwrap().into_data().to_vec().unwrap();
+        // Query heads 3..6 use KV head 1, whose first 4 slots are padding.
+        assert!(w[3 * s..3 * s + 4].iter().all(|&x| x == 0.0));
     }
 
     #[test]
