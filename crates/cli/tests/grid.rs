@@ -33,12 +33,15 @@ fn files(dir: &Path) -> Vec<PathBuf> {
 }
 
 /// `(hash, state)` per cell of `--dry-run`.
+/// `longctx grid <smoke study> --out OUT` (add the mode's flags).
+fn grid_on_study(out: &Path) -> Command {
+    let mut c = longctx();
+    c.arg("grid").arg(study()).arg("--out").arg(out);
+    c
+}
+
 fn dry_run(out: &Path, extra: &[&str]) -> Vec<(String, String)> {
-    let o = longctx()
-        .arg("grid")
-        .arg(study())
-        .arg("--out")
-        .arg(out)
+    let o = grid_on_study(out)
         .arg("--dry-run")
         .args(extra)
         .output()
@@ -74,11 +77,7 @@ fn a_killed_grid_resumes_and_ends_with_every_record_once() {
     assert!(a.iter().all(|c| !b.contains(c)));
 
     // First run: killed as soon as something is on disk.
-    let mut child = longctx()
-        .arg("grid")
-        .arg(study())
-        .arg("--out")
-        .arg(&out)
+    let mut child = grid_on_study(&out)
         .arg("--quiet")
         .stdout(Stdio::null())
         .stderr(Stdio::null())
@@ -114,14 +113,7 @@ fn a_killed_grid_resumes_and_ends_with_every_record_once() {
     );
 
     // Second run: to completion.
-    let o = longctx()
-        .arg("grid")
-        .arg(study())
-        .arg("--out")
-        .arg(&out)
-        .arg("--quiet")
-        .output()
-        .unwrap();
+    let o = grid_on_study(&out).arg("--quiet").output().unwrap();
     let stdout = String::from_utf8_lossy(&o.stdout);
     assert!(
         o.status.success(),
@@ -158,14 +150,7 @@ fn a_killed_grid_resumes_and_ends_with_every_record_once() {
     assert!(dry_run(&out, &[]).iter().all(|(_, s)| s == "done"));
 
     // A third run has nothing to do.
-    let o = longctx()
-        .arg("grid")
-        .arg(study())
-        .arg("--out")
-        .arg(&out)
-        .arg("--quiet")
-        .output()
-        .unwrap();
+    let o = grid_on_study(&out).arg("--quiet").output().unwrap();
     assert!(o.status.success());
     assert!(
         String::from_utf8_lossy(&o.stderr).contains("4 done, 0 to run"),

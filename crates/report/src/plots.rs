@@ -519,31 +519,40 @@ pub fn write_curves(curves: &LengthCurves, path: &Path) -> Result<()> {
 /// `out_dir/curves/`, as `<task>__<model>[__<setting>].{svg,png}`; returns the titles and SVG
 /// paths of the Pareto plots and of the curves (each PNG lies beside its SVG).
 pub(crate) fn write_plots(records: &[&RunRecord], out_dir: &Path) -> Result<(Figures, Figures)> {
-    let mut pareto = Vec::new();
-    let plots = pareto_plots(records);
-    if !plots.is_empty() {
-        let dir = out_dir.join("pareto");
-        std::fs::create_dir_all(&dir).map_err(|e| Error::io(&dir, e))?;
-        for p in &plots {
-            let svg = dir.join(format!("{}.svg", p.file_stem));
-            let png = dir.join(format!("{}.png", p.file_stem));
-            write_pareto(p, &svg)?;
-            write_pareto(p, &png)?;
-            pareto.push((p.title.clone(), svg));
-        }
-    }
-    let mut curves = Vec::new();
-    let all = length_curves(records);
-    if !all.is_empty() {
-        let dir = out_dir.join("curves");
-        std::fs::create_dir_all(&dir).map_err(|e| Error::io(&dir, e))?;
-        for c in &all {
-            let svg = dir.join(format!("{}.svg", c.file_stem));
-            let png = dir.join(format!("{}.png", c.file_stem));
-            write_curves(c, &svg)?;
-            write_curves(c, &png)?;
-            curves.push((c.title.clone(), svg));
-        }
-    }
+    let pareto = write_figures(
+        &out_dir.join("pareto"),
+        &pareto_plots(records),
+        |p| (&p.file_stem, &p.title),
+        write_pareto,
+    )?;
+    let curves = write_figures(
+        &out_dir.join("curves"),
+        &length_curves(records),
+        |c| (&c.file_stem, &c.title),
+        write_curves,
+    )?;
     Ok((pareto, curves))
+}
+
+/// Writes each figure of `items` as `dir/<file_stem>.svg` and `.png` (creating `dir` only when
+/// there is something to write); returns the titles and SVG paths.
+fn write_figures<T>(
+    dir: &Path,
+    items: &[T],
+    names: impl Fn(&T) -> (&String, &String),
+    write: impl Fn(&T, &Path) -> Result<()>,
+) -> Result<Figures> {
+    let mut written = Vec::new();
+    if items.is_empty() {
+        return Ok(written);
+    }
+    std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
+    for item in items {
+        let (stem, title) = names(item);
+        let svg = dir.join(format!("{stem}.svg"));
+        write(item, &svg)?;
+        write(item, &dir.join(format!("{stem}.png")))?;
+        written.push((title.clone(), svg));
+    }
+    Ok(written)
 }

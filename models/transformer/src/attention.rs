@@ -345,14 +345,21 @@ mod view_window_tests {
         ));
     }
 
+    /// A random decode query `[1, h_q, 1, d]` and keys/values `[1, h_kv, s, d]`.
+    fn decode_inputs(h_q: usize, h_kv: usize, s: usize, d: usize) -> [Tensor<Flex, 4>; 3] {
+        let normal = burn::tensor::Distribution::Normal(0.0, 1.0);
+        let device = Default::default();
+        [
+            Tensor::random([1, h_q, 1, d], normal, &device),
+            Tensor::random([1, h_kv, s, d], normal, &device),
+            Tensor::random([1, h_kv, s, d], normal, &device),
+        ]
+    }
+
     #[test]
     fn decode_weights_without_repeated_keys_match_the_fused_output() {
-        let device = Default::default();
         let [h_q, h_kv, s, d] = [6, 2, 9, 8];
-        let normal = burn::tensor::Distribution::Normal(0.0, 1.0);
-        let q = Tensor::<Flex, 4>::random([1, h_q, 1, d], normal, &device);
-        let k = Tensor::<Flex, 4>::random([1, h_kv, s, d], normal, &device);
-        let v = Tensor::<Flex, 4>::random([1, h_kv, s, d], normal, &device);
+        let [q, k, v] = decode_inputs(h_q, h_kv, s, d);
         let view = KvView::dense(k.clone(), v.clone(), (0..s).collect());
         let fused = attend(
             q.clone(),
@@ -399,10 +406,7 @@ mod view_window_tests {
     fn a_padded_decode_step_keeps_the_grouped_kernel_and_matches_the_masked_path() {
         let device = Default::default();
         let [h_q, h_kv, s, d] = [6, 2, 9, 8];
-        let normal = burn::tensor::Distribution::Normal(0.0, 1.0);
-        let q = Tensor::<Flex, 4>::random([1, h_q, 1, d], normal, &device);
-        let k = Tensor::<Flex, 4>::random([1, h_kv, s, d], normal, &device);
-        let v = Tensor::<Flex, 4>::random([1, h_kv, s, d], normal, &device);
+        let [q, k, v] = decode_inputs(h_q, h_kv, s, d);
         // Head 0 holds all 9 slots, head 1 only the last 5 (right-aligned ragged heads).
         let pad: Vec<bool> = (0..2 * s).map(|i| i >= s && i < s + 4).collect();
         let mut view = KvView::dense(k, v, (0..s).collect());
