@@ -147,6 +147,35 @@ pub fn attend<B: Backend>(
         .weights;
         return Attended { output, weights };
     }
+    if !needs.attention_weights && longctx_cpu_kernels::flex::is_flex::<B>() {
+        // burn's flex attention is single-threaded, scalar in its softmax and blind to causal
+        // structure; the CPU kernel reads the cache in place and skips hidden tiles.
+        let padding = view.padding_mask.as_ref().and_then(|p| {
+            // `[1, H_kv, 1, S]` -> `[H_kv * S]`.
+            p.clone().into_data().to_vec::<bool>().ok()
+        });
+        let visibility = longctx_cpu_kernels::Visibility {
+            query_positions,
+            key_positions: &view.positions,
+            window,
+            sinks_local: view.window.map(|w| (w.sinks, w.local)),
+            padding: padding.as_deref(),
+        };
+        if view.padding_mask.is_none() || padding.is_some() {
+            if let Some(output) = longctx_cpu_kernels::flex::flex_attention(
+                &queries,
+                &view.keys,
+                &view.values,
+                scale as f32,
+                &visibility,
+            ) {
+                return Attended {
+                    output,
+                    weights: None,
+                };
+            }
+        }
+    }
     let n_kv = view.keys.dims()[1];
     let groups = n_q / n_kv;
     let device = queries.device();

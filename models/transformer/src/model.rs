@@ -111,6 +111,12 @@ fn widened<B: Backend>(w: &Tensor<B, 1>) -> Tensor<B, 1> {
 fn matmul<B: Backend>(x: Tensor<B, 2>, w: &Tensor<B, 2>) -> Tensor<B, 2> {
     let dtype = w.dtype();
     if dtype == DType::F32 {
+        // Decode steps on the CPU: one pass over the weight instead of flex's GEMM.
+        if longctx_cpu_kernels::flex::is_flex::<B>() {
+            if let Some(y) = longctx_cpu_kernels::flex::flex_skinny_matmul(&x, w) {
+                return y;
+            }
+        }
         x.matmul(w.clone())
     } else {
         x.cast(dtype).matmul(w.clone()).cast(DType::F32)
@@ -375,7 +381,11 @@ impl<B: Backend> CausalLm<B> for Transformer<B> {
 
             let h = rms_norm(x.clone(), &layer.mlp_norm, c.rms_norm_eps);
             let gate = matmul(h.clone(), &layer.w_gate);
-            let gate = if gemma { gelu_tanh(gate) } else { silu(gate) };
+            let gate = if gemma {
+                gelu_tanh(gate)
+            } else {
+                longctx_cpu_kernels::flex::flex_silu(gate).unwrap_or_else(silu)
+            };
             let up = matmul(h, &layer.w_up);
             let mut out = matmul(gate * up, &layer.w_down);
             if let Some(norm) = &layer.post_mlp_norm {
