@@ -9,8 +9,11 @@ use burn::tensor::backend::Backend;
 use indicatif::{MultiProgress, ProgressBar, ProgressDrawTarget, ProgressStyle};
 
 use longctx_backend::{run_on, BackendInfo, BackendJob, BackendKind};
-use longctx_grid::{shard_cells, Cell, Shard, Study};
-use longctx_harness::{partial_path, run_cell_resumable, RunRecord};
+use longctx_grid::{shard_cells, share_groups, Cell, Shard, Study};
+use longctx_harness::{
+    partial_path, remove_stale_temporaries, run_cell_resumable, run_cells_shared_resumable,
+    RunRecord,
+};
 
 /// What `longctx grid` was asked.
 pub struct GridArgs {
@@ -19,6 +22,11 @@ pub struct GridArgs {
     pub shard: Option<Shard>,
     pub quiet: bool,
     pub dry_run: bool,
+    /// Run every cell on its own, prefilling each prompt for each cell (an A/B check of the
+    /// shared prefill).
+    pub no_share: bool,
+    /// Methods one shared prefill feeds at most.
+    pub max_shared: usize,
 }
 
 /// Progress output: bars on a terminal unless `--quiet`, one line per finished cell always.
@@ -76,6 +84,29 @@ impl Ui {
                 .expect("valid template"),
             );
             bar.set_message(cell.label.clone());
+            self.cell = Some(bar);
+        }
+    }
+
+    /// A bar for the samples of a group of cells that share their prefill.
+    fn start_group(&mut self, group: &[Cell]) {
+        if let Some(m) = &self.multi {
+            let bar = m.add(ProgressBar::new(0));
+            bar.set_style(
+                ProgressStyle::with_template(
+                    "cells {bar:30} {pos}/{len} samples, ETA {eta_precise}  {msg}",
+                )
+                .expect("valid template"),
+            );
+            bar.set_message(format!(
+                "{} cells sharing prefill: {}",
+                group.len(),
+                group
+                    .iter()
+                    .map(|c| c.label.as_str())
+                    .collect::<Vec<_>>()
+                    .join("; ")
+            ));
             self.cell = Some(bar);
         }
     }
@@ -140,10 +171,24 @@ impl Ui {
     }
 }
 
-/// The cells of one backend, run on it.
+/// The cells of one backend, run on it: each group of cells that share their prefill together
+/// (a group of one as `longctx run` runs it).
 struct GridJob<'a> {
-    cells: Vec<Cell>,
+    groups: Vec<Vec<Cell>>,
+    max_shared: usize,
     ui: &'a mut Ui,
+}
+
+/// The message of a panic caught while running cells.
+fn panic_message(panic: Box<dyn std::any::Any + Send>) -> String {
+    format!(
+        "panicked: {}",
+        panic
+            .downcast_ref::<String>()
+            .map(String::as_str)
+            .or_else(|| panic.downcast_ref::<&str>().copied())
+            .unwrap_or("(no message)")
+    )
 }
 
 impl BackendJob for GridJob<'_> {
@@ -152,36 +197,66 @@ impl BackendJob for GridJob<'_> {
     fn run<B: Backend>(self, device: B::Device, info: BackendInfo) -> Self::Output {
         let registry = longctx_registry::builtin::<B>();
         let mut failed = Vec::new();
-        for cell in self.cells {
-            self.ui.start_cell(&cell);
-            let ui = &mut *self.ui;
-            let outcome = catch_unwind(AssertUnwindSafe(|| {
-                run_cell_resumable(
-                    &registry,
-                    &cell.config,
-                    &device,
-                    info.clone(),
-                    &cell.path,
-                    &mut |p| ui.sample(p.done, p.total, p.resumed),
-                )
-            }));
-            let outcome = match outcome {
-                Ok(Ok(record)) => Ok(record),
-                Ok(Err(e)) => Err(e.to_string()),
-                Err(panic) => Err(format!(
-                    "panicked: {}",
-                    panic
-                        .downcast_ref::<String>()
-                        .map(String::as_str)
-                        .or_else(|| panic.downcast_ref::<&str>().copied())
-                        .unwrap_or("(no message)")
-                )),
+        for group in self.groups {
+            let outcomes: Vec<std::result::Result<RunRecord, String>> = if let [cell] = &group[..] {
+                self.ui.start_cell(cell);
+                let ui = &mut *self.ui;
+                let outcome = catch_unwind(AssertUnwindSafe(|| {
+                    run_cell_resumable(
+                        &registry,
+                        &cell.config,
+                        &device,
+                        info.clone(),
+                        &cell.path,
+                        &mut |p| ui.sample(p.done, p.total, p.resumed),
+                    )
+                }));
+                vec![match outcome {
+                    Ok(Ok(record)) => Ok(record),
+                    Ok(Err(e)) => Err(e.to_string()),
+                    Err(panic) => Err(panic_message(panic)),
+                }]
+            } else {
+                self.ui.start_group(&group);
+                let ui = &mut *self.ui;
+                let cells: Vec<_> = group
+                    .iter()
+                    .map(|c| (c.config.clone(), c.path.clone()))
+                    .collect();
+                // Samples finished per cell, shown summed over the group.
+                let mut done = vec![0; group.len()];
+                let outcome = catch_unwind(AssertUnwindSafe(|| {
+                    run_cells_shared_resumable(
+                        &registry,
+                        &cells,
+                        &device,
+                        info.clone(),
+                        self.max_shared,
+                        &mut |c, p| {
+                            done[c] = p.done;
+                            ui.sample(done.iter().sum(), p.total * done.len(), p.resumed)
+                        },
+                    )
+                }));
+                match outcome {
+                    Ok(results) => results
+                        .into_iter()
+                        .map(|r| r.map_err(|e| e.to_string()))
+                        .collect(),
+                    Err(panic) => {
+                        let e = panic_message(panic);
+                        group.iter().map(|_| Err(e.clone())).collect()
+                    }
+                }
             };
-            match outcome {
-                Ok(record) => self.ui.end_cell(&cell, Ok(&record)),
-                Err(e) => {
-                    self.ui.end_cell(&cell, Err(&e));
-                    failed.push((cell, e));
+            // The group's bar goes with its first cell's line.
+            for (cell, outcome) in group.into_iter().zip(outcomes) {
+                match outcome {
+                    Ok(record) => self.ui.end_cell(&cell, Ok(&record)),
+                    Err(e) => {
+                        self.ui.end_cell(&cell, Err(&e));
+                        failed.push((cell, e));
+                    }
                 }
             }
         }
@@ -190,8 +265,9 @@ impl BackendJob for GridJob<'_> {
 }
 
 /// Removes the partial file of a cell whose record exists (a crash between writing the record
-/// and deleting it).
+/// and deleting it), and temporary files a killed process left beside it.
 fn remove_stale_partial(cell: &Cell) {
+    remove_stale_temporaries(&cell.path);
     let partial = partial_path(&cell.path);
     if partial.exists() {
         let _ = std::fs::remove_file(partial);
@@ -209,8 +285,27 @@ pub fn grid(args: GridArgs) -> Result<()> {
         .shard
         .map_or(String::new(), |s| format!(", shard {s}: {}", cells.len()));
     let (done, todo): (Vec<Cell>, Vec<Cell>) = cells.into_iter().partition(Cell::is_done);
+    if args.max_shared == 0 {
+        bail!("--max-shared must be at least 1");
+    }
+    let sharing = if args.no_share {
+        ", each prefilled alone (--no-share)".to_string()
+    } else {
+        let groups: Vec<usize> = share_groups(todo.clone())
+            .iter()
+            .map(Vec::len)
+            .filter(|&n| n > 1)
+            .collect();
+        match groups.len() {
+            0 => String::new(),
+            g => format!(
+                ", {} of them in {g} group(s) run together to share prefills",
+                groups.iter().sum::<usize>()
+            ),
+        }
+    };
     let header = format!(
-        "study {} ({}): {total} cells{shard}; {} done, {} to run; records under {}",
+        "study {} ({}): {total} cells{shard}; {} done, {} to run{sharing}; records under {}",
         study.name,
         args.file.display(),
         done.len(),
@@ -257,10 +352,16 @@ pub fn grid(args: GridArgs) -> Result<()> {
             .filter(|c| c.config.backend == backend)
             .cloned()
             .collect();
+        let groups = if args.no_share {
+            cells.iter().cloned().map(|c| vec![c]).collect()
+        } else {
+            share_groups(cells.clone())
+        };
         match run_on(
             backend,
             GridJob {
-                cells: cells.clone(),
+                groups,
+                max_shared: args.max_shared,
                 ui: &mut ui,
             },
         ) {

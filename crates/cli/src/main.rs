@@ -133,6 +133,15 @@ enum Command {
         /// List the cells (hash, state, record path) and run nothing.
         #[arg(long)]
         dry_run: bool,
+        /// Prefill every cell's prompts for that cell alone. By default the cells that differ
+        /// only in a method (and budget) that compresses after prefill share each prompt's
+        /// prefill; the records are the same up to timing (an A/B check).
+        #[arg(long)]
+        no_share: bool,
+        /// Methods one shared prefill feeds at most (each holds its own copy of the prompt's
+        /// KV during prefill); more run in groups of this size, one after another.
+        #[arg(long, value_name = "N", default_value_t = longctx_engine::DEFAULT_MAX_SHARED)]
+        max_shared: usize,
     },
     /// Render tables and needle heatmaps (length x depth, SVG and PNG) from the run records
     /// under a directory; runs no model.
@@ -277,12 +286,16 @@ fn main() -> ExitCode {
             shard,
             quiet,
             dry_run,
+            no_share,
+            max_shared,
         } => grid::grid(grid::GridArgs {
             file,
             out,
             shard,
             quiet,
             dry_run,
+            no_share,
+            max_shared,
         }),
         Command::Report { records, out } => commands::report(&records, &out),
         Command::Export {

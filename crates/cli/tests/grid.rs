@@ -1,5 +1,6 @@
 //! `longctx grid` end to end: a study killed with SIGKILL mid-run and run again ends with every
-//! cell's record present exactly once, each with all its samples, and no partial files.
+//! cell's record present exactly once, each with all its samples, and no partial files; its
+//! cells share their prefill, and their records equal those of `--no-share` up to timing.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -157,7 +158,60 @@ fn a_killed_grid_resumes_and_ends_with_every_record_once() {
         "{}",
         String::from_utf8_lossy(&o.stderr)
     );
+
+    // Every cell's method compresses after prefill: they shared it, and the records (resumed
+    // after the kill) are those of cells run alone, timing aside.
+    let alone = std::env::temp_dir().join(format!("longctx-grid-alone-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&alone);
+    let o = grid_on_study(&alone)
+        .args(["--quiet", "--no-share"])
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let mut compared = 0;
+    for p in &all {
+        let shared = read_json(p);
+        assert_eq!(shared["timing"]["shared_prefill"], true, "{}", p.display());
+        let twin = alone.join(p.strip_prefix(&out).unwrap());
+        let unshared = read_json(&twin);
+        assert!(unshared["timing"].get("shared_prefill").is_none());
+        assert_eq!(
+            without_timing(shared),
+            without_timing(unshared),
+            "{} differs from its --no-share twin",
+            p.display()
+        );
+        compared += 1;
+    }
+    assert_eq!(compared, 4);
+    std::fs::remove_dir_all(&alone).unwrap();
     std::fs::remove_dir_all(&out).unwrap();
+}
+
+fn read_json(p: &Path) -> serde_json::Value {
+    serde_json::from_slice(&std::fs::read(p).unwrap()).unwrap()
+}
+
+/// A record without what depends on when and how fast it ran.
+fn without_timing(mut r: serde_json::Value) -> serde_json::Value {
+    let record = r.as_object_mut().unwrap();
+    record.remove("timing").unwrap();
+    let provenance = record["provenance"].as_object_mut().unwrap();
+    provenance.remove("started_at").unwrap();
+    provenance.remove("finished_at").unwrap();
+    for s in record["samples"].as_array_mut().unwrap() {
+        let s = s.as_object_mut().unwrap();
+        for key in [
+            "prefill_seconds",
+            "prefill_tokens_per_second",
+            "decode_tokens_per_second",
+            "compression_seconds",
+        ] {
+            s.remove(key).unwrap();
+        }
+        s.remove("shared_prefill_seconds");
+    }
+    r
 }
 
 #[test]

@@ -96,6 +96,8 @@ impl<B: Backend> KvMethod<B> for Composed<B> {
             },
             uses_budget: true,
             compresses_question: s.compresses_question,
+            // Prefill goes to the selector alone; the store first sees tokens at the hand-over.
+            exact_prefill: s.exact_prefill && t.exact_prefill,
         }
     }
 
@@ -357,6 +359,7 @@ mod tests {
             },
             uses_budget,
             compresses_question: false,
+            exact_prefill: true,
         }
     }
 
@@ -431,6 +434,16 @@ mod tests {
         assert_eq!(m.name(), "select+store");
         let c = m.capabilities();
         assert_eq!(c.family, MethodFamily::Composite);
+        assert!(
+            c.exact_prefill && c.shares_prefill(),
+            "both halves are exact"
+        );
+        let inexact = MethodCapabilities {
+            exact_prefill: false,
+            ..caps(false, Some(1))
+        };
+        let composed = Composed::new(fake("select", caps(true, None)), fake("store", inexact));
+        assert!(!composed.unwrap().capabilities().shares_prefill());
         assert_eq!(
             c.schedule.decode_interval,
             Some(1),

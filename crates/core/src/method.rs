@@ -113,6 +113,30 @@ pub struct MethodCapabilities {
     /// query-aware setting). When `false`, the runner prefills and compresses the context, and
     /// then processes the question with no compression call, as kvpress does by default.
     pub compresses_question: bool,
+    /// Whether prefill is exact until the first `compress` call: the cache holds every key and
+    /// value appended unchanged and shows them all in [`KvCache::view`], so prefill attention
+    /// over it is attention over the uncompressed prompt (`full`, KIVI, every method that
+    /// selects at `PrefillEnd`). `false` for a cache that changes what it holds or shows in
+    /// `append` (FlexGen's `quantize_prefill` quantizes there) or masks the prompt (a
+    /// sinks-plus-window view). The runner shares one prefill among the methods for which
+    /// [`Self::shares_prefill`] holds; it never asks for method names.
+    ///
+    /// [`KvCache::view`]: crate::KvCache::view
+    #[serde(default)]
+    pub exact_prefill: bool,
+}
+
+impl MethodCapabilities {
+    /// Whether this method can take its prompt's prefill from one shared with other methods:
+    /// its prefill is exact ([`Self::exact_prefill`]), it compresses nothing per prefill chunk
+    /// (`schedule.prefill_chunk_tokens` is `None`), and its caches need no queries before
+    /// attention. Its caches then receive the same appends (and the observations they declared)
+    /// as when it runs alone, and first change at `compress(PrefillEnd)`.
+    pub fn shares_prefill(&self) -> bool {
+        self.exact_prefill
+            && self.schedule.prefill_chunk_tokens.is_none()
+            && !self.observes.queries_before_attention
+    }
 }
 
 /// What a method knows when it builds a layer's cache for one sequence.

@@ -4,8 +4,8 @@ use burn::tensor::{backend::Backend, Tensor};
 use serde::{Deserialize, Serialize};
 
 use longctx_core::{
-    Budget, CacheContext, CausalLm, CompressionPhase, Error, KvMethod, LogitsSelection, Result,
-    SequenceState,
+    Budget, CacheContext, CausalLm, CompressionPhase, Error, KvMethod, LogitsSelection,
+    MethodCapabilities, Result, SequenceState,
 };
 
 use crate::sampling::{Sampler, Sampling};
@@ -54,7 +54,8 @@ pub struct GenerationResult {
     /// Generated ids, without the stop token.
     pub tokens: Vec<u32>,
     pub stop_reason: StopReason,
-    /// Prompt processing, up to and including the first generated token's logits.
+    /// Prompt processing, up to and including the first generated token's logits (with a
+    /// shared prefill: its seconds plus this method's own compression and question tail).
     pub prefill_seconds: f64,
     /// All decode forward passes.
     pub decode_seconds: f64,
@@ -89,6 +90,11 @@ pub struct GenerationResult {
     /// needle survival checks.
     #[serde(skip)]
     pub held_positions_end: Vec<Option<Vec<Vec<usize>>>>,
+    /// Seconds of a context prefill computed once for several methods and shared among them
+    /// ([`crate::generate_shared`]): the same value in each of their results, and part of
+    /// `prefill_seconds`. `None` when this method prefilled its prompt alone.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub shared_prefill_seconds: Option<f64>,
 }
 
 impl GenerationResult {
@@ -187,18 +193,7 @@ pub fn score_continuation<B: Backend>(
     continuation: &[u32],
     max_prefill_chunk: Option<usize>,
 ) -> Result<ContinuationScore> {
-    if continuation.is_empty() {
-        return Err(Error::InvalidInput(
-            "the continuation to score is empty".into(),
-        ));
-    }
-    let config = GenerationConfig {
-        max_new_tokens: continuation.len(),
-        sampling: Sampling::Greedy,
-        stop_tokens: Vec::new(),
-        max_prefill_chunk,
-        question_tokens: 0,
-    };
+    let config = scoring_config(continuation, max_prefill_chunk)?;
     let (generation, forced) = run_sequence(
         model,
         method,
@@ -208,12 +203,39 @@ pub fn score_continuation<B: Backend>(
         Some(continuation),
         &mut |_| {},
     )?;
+    Ok(continuation_score(generation, forced))
+}
+
+/// The generation settings that score `continuation` under teacher forcing.
+pub(crate) fn scoring_config(
+    continuation: &[u32],
+    max_prefill_chunk: Option<usize>,
+) -> Result<GenerationConfig> {
+    if continuation.is_empty() {
+        return Err(Error::InvalidInput(
+            "the continuation to score is empty".into(),
+        ));
+    }
+    Ok(GenerationConfig {
+        max_new_tokens: continuation.len(),
+        sampling: Sampling::Greedy,
+        stop_tokens: Vec::new(),
+        max_prefill_chunk,
+        question_tokens: 0,
+    })
+}
+
+/// A scored continuation from a teacher-forced run and its per-token scores.
+pub(crate) fn continuation_score(
+    generation: GenerationResult,
+    forced: Vec<(f64, bool)>,
+) -> ContinuationScore {
     let (token_logprobs, hits): (Vec<f64>, Vec<bool>) = forced.into_iter().unzip();
-    Ok(ContinuationScore {
+    ContinuationScore {
         argmax_hits: hits.into_iter().filter(|&h| h).count(),
         token_logprobs,
         generation,
-    })
+    }
 }
 
 /// Log-probability of `target` under logits `[1, vocab]`, and whether it is the argmax.
@@ -240,18 +262,12 @@ fn forced_logprob<B: Backend>(logits: Tensor<B, 2>, target: u32) -> Result<(f64,
     Ok((row[target] as f64 - log_sum, is_argmax))
 }
 
-/// The prefill + decode loop behind [`generate`] and [`score_continuation`]. With `forced`, the
-/// decoded tokens are `forced` (teacher forcing) and each one's log-probability is returned.
-#[allow(clippy::type_complexity)]
-fn run_sequence<B: Backend>(
+/// Checks that `prompt` is not empty and fits the model's context with the tokens to generate.
+pub(crate) fn check_prompt<B: Backend>(
     model: &dyn CausalLm<B>,
-    method: &dyn KvMethod<B>,
-    budget: Budget,
     prompt: &[u32],
     config: &GenerationConfig,
-    forced: Option<&[u32]>,
-    on_token: &mut dyn FnMut(u32),
-) -> Result<(GenerationResult, Vec<(f64, bool)>)> {
+) -> Result<()> {
     let info = model.info();
     if prompt.is_empty() {
         return Err(Error::InvalidInput("the prompt is empty".into()));
@@ -266,20 +282,86 @@ fn run_sequence<B: Backend>(
             info.max_context
         )));
     }
-    let caps = method.capabilities();
-    // The question tail kept out of prefill compression (at least one context token remains).
-    let question = if caps.compresses_question {
+    Ok(())
+}
+
+/// The question tail a method keeps out of prefill compression (at least one context token
+/// remains): none when it compresses the question too.
+pub(crate) fn question_split(
+    caps: &MethodCapabilities,
+    prompt_len: usize,
+    config: &GenerationConfig,
+) -> usize {
+    if caps.compresses_question {
         0
     } else {
-        config.question_tokens.min(prompt.len() - 1)
-    };
-    let context_len = prompt.len() - question;
+        config.question_tokens.min(prompt_len - 1)
+    }
+}
+
+/// A sequence whose first `done` prompt tokens are in `state` (none, or a shared prefill's).
+pub(crate) struct Started<B: Backend> {
+    pub state: SequenceState<B>,
+    /// Prompt tokens already processed.
+    pub done: usize,
+    /// Logits after the last processed token (`None` when `done` is 0).
+    pub logits: Option<Tensor<B, 2>>,
+    /// Seconds of the prefill shared with other methods (`None`: prefilled alone).
+    pub shared_prefill_seconds: Option<f64>,
+}
+
+/// The prefill + decode loop behind [`generate`] and [`score_continuation`]. With `forced`, the
+/// decoded tokens are `forced` (teacher forcing) and each one's log-probability is returned.
+#[allow(clippy::type_complexity)]
+pub(crate) fn run_sequence<B: Backend>(
+    model: &dyn CausalLm<B>,
+    method: &dyn KvMethod<B>,
+    budget: Budget,
+    prompt: &[u32],
+    config: &GenerationConfig,
+    forced: Option<&[u32]>,
+    on_token: &mut dyn FnMut(u32),
+) -> Result<(GenerationResult, Vec<(f64, bool)>)> {
+    check_prompt(model, prompt, config)?;
+    let info = model.info();
+    let caps = method.capabilities();
+    let context_len = prompt.len() - question_split(&caps, prompt.len(), config);
     let ctx = CacheContext {
         budget,
         prompt_tokens: context_len,
         n_layers: info.layers.len(),
     };
-    let mut state = SequenceState::new(&info.layers, method, &ctx)?;
+    let state = SequenceState::new(&info.layers, method, &ctx)?;
+    let started = Started {
+        state,
+        done: 0,
+        logits: None,
+        shared_prefill_seconds: None,
+    };
+    continue_sequence(model, &caps, started, prompt, config, forced, on_token)
+}
+
+/// Runs a sequence from `started` to its end: the rest of the context (in chunks, with the
+/// method's per-chunk compression), the end-of-prefill compression, the question tail, and
+/// decoding. [`generate`] starts it from nothing; a shared prefill from its context.
+#[allow(clippy::type_complexity)]
+pub(crate) fn continue_sequence<B: Backend>(
+    model: &dyn CausalLm<B>,
+    caps: &MethodCapabilities,
+    started: Started<B>,
+    prompt: &[u32],
+    config: &GenerationConfig,
+    forced: Option<&[u32]>,
+    on_token: &mut dyn FnMut(u32),
+) -> Result<(GenerationResult, Vec<(f64, bool)>)> {
+    let Started {
+        mut state,
+        done,
+        mut logits,
+        shared_prefill_seconds,
+    } = started;
+    let question = question_split(caps, prompt.len(), config);
+    let context_len = prompt.len() - question;
     let mut sampler = match config.sampling {
         Sampling::Greedy => None,
         Sampling::Sample {
@@ -304,8 +386,7 @@ fn run_sequence<B: Backend>(
         .min()
         .unwrap_or(prompt.len())
         .max(1);
-    let mut logits = None;
-    let mut offset = 0;
+    let mut offset = done;
     while offset < context_len {
         let end = (offset + chunk).min(context_len);
         let positions: Vec<usize> = (offset..end).collect();
@@ -348,7 +429,7 @@ fn run_sequence<B: Backend>(
         None => pick(logits, sampler),
     };
     let mut next = choose(logits.expect("prompt is not empty"), 0, &mut sampler)?;
-    let prefill_seconds = start.elapsed().as_secs_f64();
+    let prefill_seconds = start.elapsed().as_secs_f64() + shared_prefill_seconds.unwrap_or(0.0);
     let state_bytes_after_prefill = state.memory_bytes_per_layer();
     let host_state_bytes_after_prefill = state.host_memory_bytes_per_layer();
     let tokens_held_after_prefill = state.tokens_per_layer();
@@ -397,6 +478,7 @@ fn run_sequence<B: Backend>(
         uncompressed_question_tokens: question,
         budget_tokens_per_layer: state.budget_tokens_per_layer(),
         held_positions_end: state.held_positions_per_layer(),
+        shared_prefill_seconds,
     };
     Ok((result, forced_scores))
 }

@@ -31,9 +31,9 @@ use burn::backend::Flex;
 use serde::Deserialize;
 
 use longctx_backend::BackendKind;
-use longctx_core::{Budget, Error, RawParams, Registry, Result};
+use longctx_core::{Budget, Error, Params, RawParams, Registry, Result};
 use longctx_engine::Sampling;
-use longctx_harness::{config_hash, record_path, CellConfig};
+use longctx_harness::{config_hash, record_path, CellConfig, Component};
 
 /// Where records go when neither the study nor the command line says.
 pub const DEFAULT_OUT: &str = "results/runs";
@@ -392,6 +392,52 @@ impl Study {
         }
         Ok(cells)
     }
+}
+
+/// Whether two cells may share their prompts' prefill: the same configuration but for the
+/// method and its budget (same model, task, backend, sampling and chunk limit, so the same
+/// samples and prompts).
+fn same_but_method(a: &CellConfig, b: &CellConfig) -> bool {
+    let key = |c: &CellConfig| CellConfig {
+        method: Component {
+            name: String::new(),
+            params: Params {
+                owner: String::new(),
+                values: BTreeMap::new(),
+            },
+        },
+        budget: Budget::Unlimited,
+        ..c.clone()
+    };
+    key(a) == key(b)
+}
+
+/// Groups `cells` for `longctx grid`'s shared prefill: the cells whose configurations differ
+/// only in the method and its budget, and whose methods can share a prefill
+/// (`MethodCapabilities::shares_prefill`: decided by capabilities, never by names), form one
+/// group, run sample by sample with each prompt's context prefilled once
+/// (`longctx_harness::run_cells_shared_resumable`). Every other cell is a group of its own.
+/// Groups come in the order of their first cell, and each keeps the cells' order.
+pub fn share_groups(cells: Vec<Cell>) -> Vec<Vec<Cell>> {
+    // Capabilities do not depend on the backend.
+    let registry: Registry<Flex> = longctx_registry::builtin();
+    let shares = |c: &Cell| {
+        registry
+            .build_method(&c.config.method.name, &c.config.method.params)
+            .is_ok_and(|m| m.capabilities().shares_prefill())
+    };
+    let mut groups: Vec<(bool, Vec<Cell>)> = Vec::new();
+    for cell in cells {
+        let share = shares(&cell);
+        let joined = groups
+            .iter_mut()
+            .find(|(s, g)| share && *s && same_but_method(&g[0].config, &cell.config));
+        match joined {
+            Some((_, group)) => group.push(cell),
+            None => groups.push((share, vec![cell])),
+        }
+    }
+    groups.into_iter().map(|(_, g)| g).collect()
 }
 
 #[cfg(test)]

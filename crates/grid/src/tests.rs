@@ -264,3 +264,50 @@ fn the_committed_studies_expand() {
     let s = Study::load(&path).unwrap();
     assert!(s.cells(&path, Path::new("o")).unwrap().len() <= 4);
 }
+
+#[test]
+fn cells_that_differ_only_in_a_sharing_method_are_grouped() {
+    let cells = cells(
+        r#"
+name = "t"
+models = [{ name = "tiny" }]
+methods = [
+    { name = "full" },
+    { name = "snapkv", params = { window = [8, 16] } },
+    { name = "flexgen" },
+    { name = "flexgen", params = { quantize_prefill = false } },
+    { name = "streaming-llm" },
+    { name = "kivi" },
+]
+budgets = ["2x", "4x"]
+tasks = [{ name = "passkey", params = { lengths = "300", depths = [0, 1] } }]
+backends = ["cpu", "ndarray"]
+"#,
+    );
+    // Per backend and depth: full, 2 snapkv x 2 budgets, 2 flexgen, 2 streaming-llm budgets, kivi.
+    assert_eq!(cells.len(), 4 * 10);
+    let groups = share_groups(cells.clone());
+    let sizes: Vec<usize> = groups.iter().map(Vec::len).collect();
+    // One group of 7 per backend and depth (full, snapkv x4, flexgen without quantize_prefill,
+    // kivi); flexgen quantizing in append and streaming-llm's two budgets alone.
+    assert_eq!(sizes.iter().filter(|&&n| n == 7).count(), 4, "{sizes:?}");
+    assert_eq!(
+        sizes.iter().filter(|&&n| n == 1).count(),
+        4 * 3,
+        "{sizes:?}"
+    );
+    assert_eq!(sizes.iter().sum::<usize>(), cells.len());
+    for g in &groups {
+        let first = &g[0].config;
+        for c in g {
+            assert_eq!(c.config.backend, first.backend);
+            assert_eq!(c.config.task, first.task);
+        }
+        if g.len() == 1 {
+            let name = &g[0].config.method.name;
+            assert!(name == "flexgen" || name == "streaming-llm", "{name}");
+        }
+    }
+    // Study order is kept: the first group starts with the first cell.
+    assert_eq!(groups[0][0].hash, cells[0].hash);
+}

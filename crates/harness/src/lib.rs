@@ -7,10 +7,11 @@ mod run;
 
 pub use provenance::{Provenance, BURN_VERSION};
 pub use record::{
-    bootstrap_ci95, write_record_atomically, Aggregate, MemorySummary, RunRecord, SampleRecord,
-    TimingSummary, BOOTSTRAP_RESAMPLES, BOOTSTRAP_SEED,
+    bootstrap_ci95, write_record_atomically, Aggregate, MemorySummary, RecordKind, RunRecord,
+    SampleRecord, TimingSummary, BOOTSTRAP_RESAMPLES, BOOTSTRAP_SEED,
 };
 pub use run::{
-    config_hash, partial_path, prompt_text, read_partial, record_path, run_cell,
-    run_cell_resumable, CellConfig, Component, PartialHeader, SampleProgress, PARTIAL_SCHEMA,
+    config_hash, partial_path, prompt_text, read_partial, record_path, remove_stale_temporaries,
+    run_cell, run_cell_resumable, run_cells_shared_resumable, CellConfig, Component, PartialHeader,
+    SampleProgress, PARTIAL_SCHEMA,
 };

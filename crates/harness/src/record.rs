@@ -44,6 +44,12 @@ pub struct SampleRecord {
     /// method compresses the question too (query-aware) or the task has none.
     #[serde(default)]
     pub uncompressed_question_tokens: usize,
+    /// Seconds of this sample's context prefill when it was computed once for several cells
+    /// (`longctx grid` shares it among methods that compress only after prefill); part of
+    /// `prefill_seconds`, and the same in each of those cells' records. Absent when the prompt
+    /// was prefilled for this cell alone.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub shared_prefill_seconds: Option<f64>,
 }
 
 /// Metric means, overall and broken down by the task's grouping keys, each with a percentile
@@ -201,7 +207,13 @@ pub struct TimingSummary {
     pub mean_prefill_tokens_per_second: f64,
     pub mean_decode_tokens_per_second: Option<f64>,
     pub total_compression_seconds: f64,
+    /// With `shared_prefill`, the whole run of the cells that shared it.
     pub wall_seconds: f64,
+    /// Whether some samples' prefill was shared with other cells (their
+    /// `shared_prefill_seconds`): prefill speeds then count that prefill once per cell.
+    /// Absent (false) otherwise.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub shared_prefill: bool,
 }
 
 /// Everything about one cell.
@@ -216,6 +228,30 @@ pub struct RunRecord {
     pub timing: TimingSummary,
     pub provenance: Provenance,
     pub samples: Vec<SampleRecord>,
+    /// What kind of method and model the cell measured, for grouping in reports. `None` in
+    /// records made before it existed (reports then go by the method's and model's names).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub kind: Option<RecordKind>,
+}
+
+/// The method's declared family and the model's architecture, as the run saw them.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RecordKind {
+    /// `MethodCapabilities::family` in its serialized form (`baseline`, `quantization`,
+    /// `token_dropping`, `composite`, ...); a string so that a family added later does not
+    /// make older readers reject the record.
+    #[serde(default)]
+    pub method_family: String,
+    /// `ModelInfo::architecture`, e.g. `llama`.
+    #[serde(default)]
+    pub architecture: String,
+    /// The model's attention layers (each holds a KV cache).
+    #[serde(default)]
+    pub attention_layers: usize,
+    /// The model's recurrent layers (SSM, RG-LRU: a fixed-size state instead of a KV cache);
+    /// non-zero for a recurrent or hybrid model.
+    #[serde(default)]
+    pub recurrent_layers: usize,
 }
 
 /// Writes `record` as pretty JSON to `path` through a temporary file and a rename, so a reader
@@ -261,6 +297,7 @@ mod tests {
             host_state_bytes_end: vec![],
             budget_tokens_per_layer: vec![],
             uncompressed_question_tokens: 0,
+            shared_prefill_seconds: None,
         }
     }
 

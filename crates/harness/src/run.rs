@@ -11,10 +11,12 @@ use longctx_backend::{BackendInfo, BackendKind};
 use longctx_core::{
     Budget, Error, LayerSpec, Params, RawParams, Registry, Result, Sample, TextTokenizer,
 };
-use longctx_engine::{generate, score_continuation, GenerationConfig, Sampling};
+use longctx_engine::{
+    generate_shared, score_continuation_shared, GenerationConfig, GenerationResult, Sampling,
+};
 
 use crate::provenance::Provenance;
-use crate::record::{Aggregate, MemorySummary, RunRecord, SampleRecord, TimingSummary};
+use crate::record::{Aggregate, MemorySummary, RecordKind, RunRecord, SampleRecord, TimingSummary};
 
 /// A named component with its validated parameters (defaults filled in).
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -214,6 +216,7 @@ pub fn run_cell_resumable<B: Backend>(
     path: &Path,
     progress: &mut dyn FnMut(&SampleProgress),
 ) -> Result<RunRecord> {
+    remove_stale_temporaries(path);
     let partial = partial_path(path);
     let record = run_cell_inner(registry, config, device, backend, Some(&partial), progress)?;
     crate::write_record_atomically(path, &record)?;
@@ -221,6 +224,32 @@ pub fn run_cell_resumable<B: Backend>(
         Ok(()) => Ok(record),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(record),
         Err(e) => Err(Error::io(&partial, e)),
+    }
+}
+
+/// Removes the temporary files a killed process left beside `record`: `<record>.tmp.<pid>`
+/// (an atomic record write cut short) and `<partial file>.tmp.<pid>` (a partial file's). Only
+/// the process that runs the cell calls it, before running it.
+pub fn remove_stale_temporaries(record: &Path) {
+    let (Some(dir), Some(name)) = (record.parent(), record.file_name()) else {
+        return;
+    };
+    let name = name.to_string_lossy();
+    let prefixes = [format!("{name}.tmp."), format!("{name}.partial.jsonl.tmp.")];
+    let dir = if dir.as_os_str().is_empty() {
+        Path::new(".")
+    } else {
+        dir
+    };
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let file = entry.file_name();
+        let file = file.to_string_lossy();
+        if prefixes.iter().any(|p| file.starts_with(p.as_str())) {
+            let _ = std::fs::remove_file(entry.path());
+        }
     }
 }
 
@@ -334,16 +363,154 @@ fn run_cell_inner<B: Backend>(
     partial: Option<&Path>,
     progress: &mut dyn FnMut(&SampleProgress),
 ) -> Result<RunRecord> {
-    let mut started_at = now_rfc3339();
-    let wall = Instant::now();
-    let loaded = registry.load_model(&config.model.name, &config.model.params, device)?;
-    let method = registry.build_method(&config.method.name, &config.method.params)?;
-    let task = registry.build_task(&config.task.name, &config.task.params)?;
-    let tokenizer = loaded.tokenizer.as_ref();
-    let samples: Vec<Sample> = task.samples(tokenizer)?;
+    let cell = GroupCell {
+        config,
+        partial: partial.map(Path::to_path_buf),
+    };
+    // One cell alone: its prefill is shared with nothing, as `generate` runs it.
+    run_cells_inner(registry, &[cell], device, backend, 1, &mut |_, p| {
+        progress(p)
+    })
+    .pop()
+    .expect("one result per cell")
+}
 
+/// Runs cells that differ only in method and budget (`longctx grid`'s sharing groups) crash-safely,
+/// sample by sample, and writes each one's record to its path (usually [`record_path`]): the same
+/// records [`run_cell_resumable`] writes for each of them, timing aside. Each sample's context
+/// is prefilled once for every cell whose method can share it (see
+/// `longctx_engine::generate_shared`; at most `max_shared` methods per prefill), and each cell
+/// keeps its own partial file, so resume works per cell and per sample: a cell resumes from its
+/// finished samples, and a sample runs only for the cells that lack it. One result per cell, in
+/// order; a cell that fails (its error, or one of the prompt's that all share) keeps its
+/// finished samples in its partial file, and the others go on. `progress` receives the cell's
+/// index with each finished sample.
+pub fn run_cells_shared_resumable<B: Backend>(
+    registry: &Registry<B>,
+    cells: &[(CellConfig, PathBuf)],
+    device: &B::Device,
+    backend: BackendInfo,
+    max_shared: usize,
+    progress: &mut dyn FnMut(usize, &SampleProgress),
+) -> Vec<Result<RunRecord>> {
+    if let Some((first, _)) = cells.first() {
+        let key = |c: &CellConfig| CellConfig {
+            method: Component {
+                name: String::new(),
+                params: Params {
+                    owner: String::new(),
+                    values: BTreeMap::new(),
+                },
+            },
+            budget: Budget::Unlimited,
+            ..c.clone()
+        };
+        if cells.iter().any(|(c, _)| key(c) != key(first)) {
+            return cells
+                .iter()
+                .map(|_| {
+                    Err(Error::InvalidInput(
+                        "cells run together must differ only in method and budget".into(),
+                    ))
+                })
+                .collect();
+        }
+    }
+    for (_, path) in cells {
+        remove_stale_temporaries(path);
+    }
+    let group: Vec<GroupCell> = cells
+        .iter()
+        .map(|(config, path)| GroupCell {
+            config,
+            partial: Some(partial_path(path)),
+        })
+        .collect();
+    run_cells_inner(registry, &group, device, backend, max_shared, progress)
+        .into_iter()
+        .zip(cells)
+        .map(|(record, (_, path))| {
+            let record = record?;
+            crate::write_record_atomically(path, &record)?;
+            let partial = partial_path(path);
+            match std::fs::remove_file(&partial) {
+                Ok(()) => Ok(record),
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(record),
+                Err(e) => Err(Error::io(&partial, e)),
+            }
+        })
+        .collect()
+}
+
+/// One cell of [`run_cells_inner`].
+struct GroupCell<'a> {
+    config: &'a CellConfig,
+    /// Its partial file, when it runs crash-safely.
+    partial: Option<PathBuf>,
+}
+
+/// A running cell: its method and resume state.
+type CellRun<B> = (Box<dyn longctx_core::KvMethod<B>>, Resume);
+
+/// A cell's resume state: the samples a previous attempt finished, by id, and the writer of
+/// its partial file.
+struct Resume {
+    started_at: String,
+    resumed: BTreeMap<String, SampleRecord>,
+    writer: Option<PartialWriter>,
+}
+
+impl Resume {
+    /// Reads `partial` (when given) for `config`'s samples, and rewrites it with what it keeps.
+    fn open(
+        partial: Option<&Path>,
+        config: &CellConfig,
+        dataset_sha256: &str,
+        samples: &[Sample],
+    ) -> Result<Self> {
+        let mut started_at = now_rfc3339();
+        // Samples a previous attempt finished, by id (only when ids are unique).
+        let mut resumed: BTreeMap<String, SampleRecord> = BTreeMap::new();
+        let mut writer = None;
+        if let Some(path) = partial {
+            let header = PartialHeader {
+                schema: PARTIAL_SCHEMA.into(),
+                config_hash: config_hash(config),
+                dataset_sha256: dataset_sha256.to_string(),
+                started_at: started_at.clone(),
+            };
+            let ids: std::collections::BTreeSet<&str> =
+                samples.iter().map(|s| s.id.as_str()).collect();
+            let mut kept = Vec::new();
+            if ids.len() == samples.len() {
+                if let Some((first_started, done)) = read_partial(path, &header) {
+                    started_at = first_started;
+                    for s in done {
+                        if ids.contains(s.id.as_str()) && !resumed.contains_key(&s.id) {
+                            kept.push(s.clone());
+                            resumed.insert(s.id.clone(), s);
+                        }
+                    }
+                }
+            }
+            let header = PartialHeader {
+                started_at: started_at.clone(),
+                ..header
+            };
+            writer = Some(PartialWriter::create(path, &header, &kept)?);
+        }
+        Ok(Self {
+            started_at,
+            resumed,
+            writer,
+        })
+    }
+}
+
+/// SHA-256 over the samples' prompt texts, references and continuations, in order.
+fn dataset_sha256(samples: &[Sample], tokenizer: &dyn TextTokenizer) -> String {
     let mut dataset = Sha256::new();
-    for s in &samples {
+    for s in samples {
         dataset.update(prompt_text(s, tokenizer).as_bytes());
         for r in &s.references {
             dataset.update(r.as_bytes());
@@ -352,69 +519,45 @@ fn run_cell_inner<B: Backend>(
             dataset.update(c.as_bytes());
         }
     }
-    let dataset_sha256: String = dataset
+    dataset
         .finalize()
         .iter()
         .map(|b| format!("{b:02x}"))
-        .collect();
+        .collect()
+}
 
-    // Samples a previous attempt finished, by id (only when ids are unique).
-    let mut resumed: BTreeMap<String, SampleRecord> = BTreeMap::new();
-    let mut writer = None;
-    if let Some(path) = partial {
-        let header = PartialHeader {
-            schema: PARTIAL_SCHEMA.into(),
-            config_hash: config_hash(config),
-            dataset_sha256: dataset_sha256.clone(),
-            started_at: started_at.clone(),
-        };
-        let ids: std::collections::BTreeSet<&str> = samples.iter().map(|s| s.id.as_str()).collect();
-        let mut kept = Vec::new();
-        if ids.len() == samples.len() {
-            if let Some((first_started, done)) = read_partial(path, &header) {
-                started_at = first_started;
-                for s in done {
-                    if ids.contains(s.id.as_str()) && !resumed.contains_key(&s.id) {
-                        kept.push(s.clone());
-                        resumed.insert(s.id.clone(), s);
-                    }
-                }
-            }
-        }
-        let header = PartialHeader {
-            started_at: started_at.clone(),
-            ..header
-        };
-        writer = Some(PartialWriter::create(path, &header, &kept)?);
-    }
+/// One sample's outcome for one method: the engine's result, the prediction and the scores.
+type Outcome = (GenerationResult, String, BTreeMap<String, f64>);
 
-    let mut records = Vec::with_capacity(samples.len());
-    for (i, sample) in samples.iter().enumerate() {
-        if let Some(done) = resumed.remove(&sample.id) {
-            let line = format!("[{}/{}] {} resumed", i + 1, samples.len(), sample.id);
-            progress(&SampleProgress {
-                done: i + 1,
-                total: samples.len(),
-                resumed: true,
-                line: &line,
-            });
-            records.push(done);
-            continue;
-        }
-        let prompt_text = prompt_text(sample, tokenizer);
-        let prompt = tokenizer.encode(&prompt_text, true)?;
-        let (out, prediction, scores) = match &sample.continuation {
-            // Likelihood sample: score the given text under teacher forcing.
-            Some(text) => {
-                let target = tokenizer.encode(text, false)?;
-                let scored = score_continuation(
-                    loaded.model.as_ref(),
-                    method.as_ref(),
-                    config.budget,
-                    &prompt,
-                    &target,
-                    config.max_prefill_chunk,
-                )?;
+/// Runs `sample` for every `(method, budget)` (a prefill shared among up to `max_shared` of
+/// them), scored by `task`. The prompt's ids come back beside one outcome per method.
+#[allow(clippy::too_many_arguments)]
+fn run_sample<B: Backend>(
+    model: &dyn longctx_core::CausalLm<B>,
+    members: &[(&dyn longctx_core::KvMethod<B>, Budget)],
+    sample: &Sample,
+    prompt_text: &str,
+    tokenizer: &dyn TextTokenizer,
+    task: &dyn longctx_core::Task,
+    config: &CellConfig,
+    max_shared: usize,
+) -> Result<(Vec<u32>, Vec<Result<Outcome>>)> {
+    let prompt = tokenizer.encode(prompt_text, true)?;
+    let outcomes = match &sample.continuation {
+        // Likelihood sample: score the given text under teacher forcing.
+        Some(text) => {
+            let target = tokenizer.encode(text, false)?;
+            score_continuation_shared(
+                model,
+                members,
+                &prompt,
+                &target,
+                config.max_prefill_chunk,
+                max_shared,
+            )
+            .into_iter()
+            .map(|scored| {
+                let scored = scored?;
                 let scores = BTreeMap::from([
                     ("nll".to_string(), scored.mean_nll()),
                     ("perplexity".to_string(), scored.perplexity()),
@@ -423,81 +566,224 @@ fn run_cell_inner<B: Backend>(
                         scored.argmax_hits as f64 / target.len().max(1) as f64,
                     ),
                 ]);
-                (scored.generation, String::new(), scores)
-            }
-            None => {
-                let gen_config = GenerationConfig {
-                    max_new_tokens: sample.max_new_tokens,
-                    sampling: config.sampling,
-                    stop_tokens: tokenizer.stop_tokens(),
-                    max_prefill_chunk: config.max_prefill_chunk,
-                    question_tokens: question_token_count(
-                        sample,
-                        tokenizer,
-                        &prompt_text,
-                        &prompt,
-                    )?,
-                };
-                let out = generate(
-                    loaded.model.as_ref(),
-                    method.as_ref(),
-                    config.budget,
-                    &prompt,
-                    &gen_config,
-                    &mut |_| {},
-                )?;
-                let prediction = tokenizer.decode(&out.tokens)?;
-                let scores = task.score(sample, &prediction);
-                (out, prediction, scores)
-            }
-        };
-        let line = format!(
-            "[{}/{}] {} prompt {} tok, prefill {:.0} tok/s, decode {:.1} tok/s, {}",
-            i + 1,
-            samples.len(),
-            sample.id,
-            prompt.len(),
-            out.prefill_tokens_per_second(),
-            out.decode_tokens_per_second(),
-            scores
-                .iter()
-                .map(|(k, v)| format!("{k}={v:.2}"))
-                .collect::<Vec<_>>()
-                .join(" ")
-        );
-        let record = SampleRecord {
-            id: sample.id.clone(),
-            metadata: sample.metadata.clone(),
-            prompt_tokens: prompt.len(),
-            prompt_sha256: sha256_hex(prompt_text.as_bytes()),
-            references: sample.references.clone(),
-            prediction,
-            generated_tokens: out.tokens.len(),
-            scores,
-            prefill_seconds: out.prefill_seconds,
-            prefill_tokens_per_second: out.prefill_tokens_per_second(),
-            decode_tokens_per_second: Some(out.decode_tokens_per_second())
-                .filter(|x| x.is_finite()),
-            compression_seconds: out.compression_seconds,
-            state_bytes_after_prefill: out.state_bytes_after_prefill,
-            state_bytes_end: out.state_bytes_end,
-            tokens_held_after_prefill: out.tokens_held_after_prefill,
-            tokens_held_end: out.tokens_held_end,
-            host_state_bytes_after_prefill: out.host_state_bytes_after_prefill,
-            host_state_bytes_end: out.host_state_bytes_end,
-            budget_tokens_per_layer: out.budget_tokens_per_layer,
-            uncompressed_question_tokens: out.uncompressed_question_tokens,
-        };
-        if let Some(w) = writer.as_mut() {
-            w.append(&record)?;
+                Ok((scored.generation, String::new(), scores))
+            })
+            .collect()
         }
-        records.push(record);
-        progress(&SampleProgress {
-            done: i + 1,
-            total: samples.len(),
-            resumed: false,
-            line: &line,
-        });
+        None => {
+            let gen_config = GenerationConfig {
+                max_new_tokens: sample.max_new_tokens,
+                sampling: config.sampling,
+                stop_tokens: tokenizer.stop_tokens(),
+                max_prefill_chunk: config.max_prefill_chunk,
+                question_tokens: question_token_count(sample, tokenizer, prompt_text, &prompt)?,
+            };
+            generate_shared(model, members, &prompt, &gen_config, max_shared)
+                .into_iter()
+                .map(|out| {
+                    let out = out?;
+                    let prediction = tokenizer.decode(&out.tokens)?;
+                    let scores = task.score(sample, &prediction);
+                    Ok((out, prediction, scores))
+                })
+                .collect()
+        }
+    };
+    Ok((prompt, outcomes))
+}
+
+/// The record of one sample's outcome.
+fn sample_record(
+    sample: &Sample,
+    prompt_text: &str,
+    prompt: &[u32],
+    (out, prediction, scores): Outcome,
+) -> SampleRecord {
+    SampleRecord {
+        id: sample.id.clone(),
+        metadata: sample.metadata.clone(),
+        prompt_tokens: prompt.len(),
+        prompt_sha256: sha256_hex(prompt_text.as_bytes()),
+        references: sample.references.clone(),
+        prediction,
+        generated_tokens: out.tokens.len(),
+        scores,
+        prefill_seconds: out.prefill_seconds,
+        prefill_tokens_per_second: out.prefill_tokens_per_second(),
+        decode_tokens_per_second: Some(out.decode_tokens_per_second()).filter(|x| x.is_finite()),
+        compression_seconds: out.compression_seconds,
+        state_bytes_after_prefill: out.state_bytes_after_prefill,
+        state_bytes_end: out.state_bytes_end,
+        tokens_held_after_prefill: out.tokens_held_after_prefill,
+        tokens_held_end: out.tokens_held_end,
+        host_state_bytes_after_prefill: out.host_state_bytes_after_prefill,
+        host_state_bytes_end: out.host_state_bytes_end,
+        budget_tokens_per_layer: out.budget_tokens_per_layer,
+        uncompressed_question_tokens: out.uncompressed_question_tokens,
+        shared_prefill_seconds: out.shared_prefill_seconds,
+    }
+}
+
+/// The progress line of a finished sample.
+fn sample_line(i: usize, total: usize, record: &SampleRecord) -> String {
+    format!(
+        "[{}/{}] {} prompt {} tok, prefill {:.0} tok/s{}, decode {:.1} tok/s, {}",
+        i + 1,
+        total,
+        record.id,
+        record.prompt_tokens,
+        record.prefill_tokens_per_second,
+        if record.shared_prefill_seconds.is_some() {
+            " (shared)"
+        } else {
+            ""
+        },
+        record.decode_tokens_per_second.unwrap_or(f64::NAN),
+        record
+            .scores
+            .iter()
+            .map(|(k, v)| format!("{k}={v:.2}"))
+            .collect::<Vec<_>>()
+            .join(" ")
+    )
+}
+
+/// Runs `cells` (configurations equal but for method and budget) sample by sample; see
+/// [`run_cells_shared_resumable`]. Records are returned, not written.
+fn run_cells_inner<B: Backend>(
+    registry: &Registry<B>,
+    cells: &[GroupCell],
+    device: &B::Device,
+    backend: BackendInfo,
+    max_shared: usize,
+    progress: &mut dyn FnMut(usize, &SampleProgress),
+) -> Vec<Result<RunRecord>> {
+    let wall = Instant::now();
+    let Some(first) = cells.first().map(|c| c.config) else {
+        return Vec::new();
+    };
+    let fail_all = |e: Error| {
+        let message = e.to_string();
+        cells
+            .iter()
+            .map(|_| Err(Error::Other(message.clone())))
+            .collect::<Vec<_>>()
+    };
+    let setup = (|| -> Result<_> {
+        let loaded = registry.load_model(&first.model.name, &first.model.params, device)?;
+        let task = registry.build_task(&first.task.name, &first.task.params)?;
+        let samples: Vec<Sample> = task.samples(loaded.tokenizer.as_ref())?;
+        Ok((loaded, task, samples))
+    })();
+    let (loaded, task, samples) = match setup {
+        Ok(s) => s,
+        Err(e) if cells.len() == 1 => return vec![Err(e)],
+        Err(e) => return fail_all(e),
+    };
+    let tokenizer = loaded.tokenizer.as_ref();
+    let dataset_sha256 = dataset_sha256(&samples, tokenizer);
+
+    // Each cell's method and resume state; a cell that cannot start fails alone.
+    let mut runs: Vec<Result<CellRun<B>>> = cells
+        .iter()
+        .map(|c| {
+            let method = registry.build_method(&c.config.method.name, &c.config.method.params)?;
+            let resume = Resume::open(c.partial.as_deref(), c.config, &dataset_sha256, &samples)?;
+            Ok((method, resume))
+        })
+        .collect();
+    let mut records: Vec<Vec<SampleRecord>> = cells
+        .iter()
+        .map(|_| Vec::with_capacity(samples.len()))
+        .collect();
+
+    for (i, sample) in samples.iter().enumerate() {
+        // Cells that have this sample from a previous attempt take it; the others run it.
+        let mut todo = Vec::new();
+        for (c, run) in runs.iter_mut().enumerate() {
+            let Ok((_, resume)) = run else { continue };
+            match resume.resumed.remove(&sample.id) {
+                Some(done) => {
+                    let line = format!("[{}/{}] {} resumed", i + 1, samples.len(), sample.id);
+                    progress(
+                        c,
+                        &SampleProgress {
+                            done: i + 1,
+                            total: samples.len(),
+                            resumed: true,
+                            line: &line,
+                        },
+                    );
+                    records[c].push(done);
+                }
+                None => todo.push(c),
+            }
+        }
+        if todo.is_empty() {
+            continue;
+        }
+        let members: Vec<(&dyn longctx_core::KvMethod<B>, Budget)> = todo
+            .iter()
+            .map(|&c| match &runs[c] {
+                Ok((method, _)) => (method.as_ref(), cells[c].config.budget),
+                Err(_) => unreachable!("only running cells are in todo"),
+            })
+            .collect();
+        let prompt_text = prompt_text(sample, tokenizer);
+        let outcomes = run_sample(
+            loaded.model.as_ref(),
+            &members,
+            sample,
+            &prompt_text,
+            tokenizer,
+            task.as_ref(),
+            cells[todo[0]].config,
+            max_shared,
+        );
+        let (prompt, outcomes) = match outcomes {
+            Ok(o) => o,
+            Err(e) => {
+                let message = e.to_string();
+                let mut e = Some(e);
+                for &c in &todo {
+                    runs[c] = Err(if todo.len() == 1 {
+                        e.take().expect("one cell")
+                    } else {
+                        Error::Other(message.clone())
+                    });
+                }
+                continue;
+            }
+        };
+        for (&c, outcome) in todo.iter().zip(outcomes) {
+            let record = match outcome {
+                Ok(o) => sample_record(sample, &prompt_text, &prompt, o),
+                Err(e) => {
+                    runs[c] = Err(e);
+                    continue;
+                }
+            };
+            let Ok((_, resume)) = &mut runs[c] else {
+                unreachable!("only running cells are in todo")
+            };
+            if let Some(w) = resume.writer.as_mut() {
+                if let Err(e) = w.append(&record) {
+                    runs[c] = Err(e);
+                    continue;
+                }
+            }
+            let line = sample_line(i, samples.len(), &record);
+            records[c].push(record);
+            progress(
+                c,
+                &SampleProgress {
+                    done: i + 1,
+                    total: samples.len(),
+                    resumed: false,
+                    line: &line,
+                },
+            );
+        }
     }
 
     let fp16_full_bytes_per_token = loaded
@@ -510,6 +796,42 @@ fn run_cell_inner<B: Backend>(
             LayerSpec::Recurrent(_) => 0,
         })
         .sum();
+    let wall_seconds = wall.elapsed().as_secs_f64();
+    runs.into_iter()
+        .zip(records)
+        .zip(cells)
+        .map(|((run, records), cell)| {
+            let (method, resume) = run?;
+            let mut provenance = Provenance::collect(
+                backend.clone(),
+                loaded.provenance.clone(),
+                dataset_sha256.clone(),
+                resume.started_at,
+            );
+            provenance.finished_at = now_rfc3339();
+            let mut record = finish_record(
+                cell.config,
+                records,
+                &task.group_by(),
+                fp16_full_bytes_per_token,
+                wall_seconds,
+                provenance,
+            );
+            record.kind = Some(record_kind(method.as_ref(), loaded.model.info()));
+            Ok(record)
+        })
+        .collect()
+}
+
+/// A cell's record from its samples.
+fn finish_record(
+    config: &CellConfig,
+    records: Vec<SampleRecord>,
+    group_by: &[&str],
+    fp16_full_bytes_per_token: usize,
+    wall_seconds: f64,
+    provenance: Provenance,
+) -> RunRecord {
     let bytes_per_token = mean(records.iter().map(|r| {
         r.state_bytes_end.iter().sum::<usize>() as f64
             / (r.prompt_tokens + r.generated_tokens).max(1) as f64
@@ -539,17 +861,11 @@ fn run_cell_inner<B: Backend>(
             records.iter().filter_map(|r| r.decode_tokens_per_second),
         ),
         total_compression_seconds: records.iter().map(|r| r.compression_seconds).sum(),
-        wall_seconds: wall.elapsed().as_secs_f64(),
+        wall_seconds,
+        shared_prefill: records.iter().any(|r| r.shared_prefill_seconds.is_some()),
     };
-    let metrics = Aggregate::from_samples(&records, &task.group_by());
-    let mut provenance = Provenance::collect(
-        backend,
-        loaded.provenance.clone(),
-        dataset_sha256,
-        started_at,
-    );
-    provenance.finished_at = now_rfc3339();
-    Ok(RunRecord {
+    let metrics = Aggregate::from_samples(&records, group_by);
+    RunRecord {
         schema: "longctx.run/1".into(),
         config: config.clone(),
         config_hash: config_hash(config),
@@ -558,7 +874,30 @@ fn run_cell_inner<B: Backend>(
         timing,
         provenance,
         samples: records,
-    })
+        kind: None,
+    }
+}
+
+/// What a record measures beyond its config: the method's declared family and the model's
+/// architecture and layer kinds.
+fn record_kind<B: Backend>(
+    method: &dyn longctx_core::KvMethod<B>,
+    info: &longctx_core::ModelInfo,
+) -> RecordKind {
+    let recurrent_layers = info
+        .layers
+        .iter()
+        .filter(|l| matches!(l, LayerSpec::Recurrent(_)))
+        .count();
+    RecordKind {
+        method_family: serde_json::to_value(method.capabilities().family)
+            .ok()
+            .and_then(|v| v.as_str().map(String::from))
+            .unwrap_or_default(),
+        architecture: info.architecture.clone(),
+        attention_layers: info.layers.len() - recurrent_layers,
+        recurrent_layers,
+    }
 }
 
 #[cfg(test)]
@@ -694,6 +1033,16 @@ mod tests {
         assert!(path.to_string_lossy().contains(&record.config_hash[..12]));
         let back: RunRecord = serde_json::from_slice(&std::fs::read(&path).unwrap()).unwrap();
         assert_eq!(back.config, c);
+        // The record says what it measured: `full` is the baseline, tiny is all attention.
+        let kind = back.kind.clone().unwrap();
+        assert_eq!(kind.method_family, "baseline");
+        assert_eq!((kind.attention_layers, kind.recurrent_layers), (2, 0));
+        assert!(!kind.architecture.is_empty());
+        // A record written before `kind` existed still loads.
+        let mut old = serde_json::to_value(&back).unwrap();
+        old.as_object_mut().unwrap().remove("kind").unwrap();
+        let old: RunRecord = serde_json::from_value(old).unwrap();
+        assert!(old.kind.is_none());
         std::fs::remove_dir_all(dir).unwrap();
     }
 
@@ -771,9 +1120,17 @@ mod tests {
             dataset_sha256: full.provenance.dataset_sha256.clone(),
             started_at: "2001-01-01T00:00:00Z".into(),
         };
-        // Two samples, then a line cut short by a crash.
+        // Two samples, then a line cut short by a crash; and the temporary files of writes cut
+        // short (a partial file's, the record's).
         let cut = json_line(&full.samples[2]).unwrap();
         write_partial(&partial, &header, &full.samples[..2], &cut[..cut.len() / 2]);
+        let stale = [
+            PathBuf::from(format!("{}.tmp.1", partial.display())),
+            path.with_extension("json.tmp.1"),
+        ];
+        for s in &stale {
+            std::fs::write(s, "cut short").unwrap();
+        }
         let mut lines = Vec::new();
         let record = run_cell_resumable(
             &registry,
@@ -785,6 +1142,7 @@ mod tests {
         )
         .unwrap();
         assert_eq!(lines, [(1, 3, true), (2, 3, true), (3, 3, false)]);
+        assert!(stale.iter().all(|s| !s.exists()));
         let ids: Vec<_> = record.samples.iter().map(|s| s.id.clone()).collect();
         let expected: Vec<_> = full.samples.iter().map(|s| s.id.clone()).collect();
         assert_eq!(ids, expected, "every sample once, in the task's order");
@@ -832,6 +1190,127 @@ mod tests {
         write_partial(&partial, &stale, &full.samples[..2], "");
         assert!(read_partial(&partial, &header).is_none());
         assert_eq!(read_partial(&partial, &stale).unwrap().1.len(), 2);
+        std::fs::remove_dir_all(dir).unwrap();
+    }
+
+    #[test]
+    fn cells_sharing_a_prefill_resume_per_cell_and_match_cells_run_alone() {
+        let (registry, base) = config("300");
+        let cell = |method: &str, raw: &[(&str, &str)], budget: Budget| {
+            let raw: RawParams = raw
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect();
+            CellConfig {
+                method: Component {
+                    name: method.into(),
+                    params: registry.method_params(method, &raw).unwrap(),
+                },
+                budget,
+                ..base.clone()
+            }
+        };
+        let configs = [
+            cell("full", &[], Budget::Unlimited),
+            cell("snapkv", &[("window", "8")], Budget::Ratio(2.0)),
+            cell("snapkv", &[("window", "16")], Budget::Ratio(4.0)),
+            cell("int8", &[], Budget::Unlimited),
+        ];
+        let alone: Vec<RunRecord> = configs
+            .iter()
+            .map(|c| run_cell(&registry, c, &Default::default(), flex_info(), &mut |_| {}).unwrap())
+            .collect();
+        let dir = std::env::temp_dir().join(format!("longctx-shared-test-{}", std::process::id()));
+        let cells: Vec<(CellConfig, PathBuf)> = configs
+            .iter()
+            .map(|c| (c.clone(), record_path(&dir, c)))
+            .collect();
+        // The snapkv cell has its first sample from an earlier attempt.
+        let header = PartialHeader {
+            schema: PARTIAL_SCHEMA.into(),
+            config_hash: config_hash(&configs[1]),
+            dataset_sha256: alone[1].provenance.dataset_sha256.clone(),
+            started_at: "2001-01-01T00:00:00Z".into(),
+        };
+        write_partial(
+            &partial_path(&cells[1].1),
+            &header,
+            &alone[1].samples[..1],
+            "",
+        );
+        let mut seen = Vec::new();
+        let records = run_cells_shared_resumable(
+            &registry,
+            &cells,
+            &Default::default(),
+            flex_info(),
+            4,
+            &mut |c, p| seen.push((c, p.done, p.resumed)),
+        );
+        assert_eq!(seen.len(), 4 * 2);
+        assert_eq!(
+            seen.iter().filter(|s| s.2).collect::<Vec<_>>(),
+            [&(1, 1, true)]
+        );
+        // The passkey prompts end in a question: full and int8 (which compress it) share one
+        // prefill, the two snapkv cells (which do not) another; but the first snapkv cell has
+        // the first sample already, so the second prefills that one alone.
+        for (c, ((record, alone), (_, path))) in
+            records.into_iter().zip(&alone).zip(&cells).enumerate()
+        {
+            let record = record.unwrap();
+            let back: RunRecord = serde_json::from_slice(&std::fs::read(path).unwrap()).unwrap();
+            assert_eq!(back.config_hash, alone.config_hash);
+            assert!(!partial_path(path).exists());
+            assert!(record.timing.shared_prefill);
+            assert_eq!(record.samples.len(), alone.samples.len());
+            for (i, (s, a)) in record.samples.iter().zip(&alone.samples).enumerate() {
+                let resumed = s.prediction.starts_with("from the partial file");
+                assert_eq!(resumed, (c, i) == (1, 0));
+                if !resumed {
+                    assert_eq!(s.prediction, a.prediction);
+                    assert_eq!(
+                        s.shared_prefill_seconds.is_some(),
+                        (c, i) != (2, 0),
+                        "cell {c} sample {i}"
+                    );
+                }
+                assert_eq!(s.id, a.id);
+                assert_eq!(s.scores, a.scores);
+                assert_eq!(s.state_bytes_after_prefill, a.state_bytes_after_prefill);
+                assert_eq!(s.state_bytes_end, a.state_bytes_end);
+                assert_eq!(s.tokens_held_end, a.tokens_held_end);
+                assert_eq!(s.budget_tokens_per_layer, a.budget_tokens_per_layer);
+                assert_eq!(
+                    s.uncompressed_question_tokens,
+                    a.uncompressed_question_tokens
+                );
+            }
+            assert!(alone
+                .samples
+                .iter()
+                .all(|s| s.shared_prefill_seconds.is_none()));
+            assert!(!alone.timing.shared_prefill);
+        }
+        assert_eq!(
+            serde_json::from_slice::<RunRecord>(&std::fs::read(&cells[1].1).unwrap())
+                .unwrap()
+                .provenance
+                .started_at,
+            "2001-01-01T00:00:00Z"
+        );
+        // Cells that differ in more than method and budget are refused.
+        let mut other = cells[0].clone();
+        other.0.max_prefill_chunk = Some(64);
+        let refused = run_cells_shared_resumable(
+            &registry,
+            &[cells[0].clone(), other],
+            &Default::default(),
+            flex_info(),
+            2,
+            &mut |_, _| {},
+        );
+        assert!(refused.iter().all(|r| r.is_err()));
         std::fs::remove_dir_all(dir).unwrap();
     }
 

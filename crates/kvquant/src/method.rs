@@ -63,6 +63,9 @@ impl<B: Backend> KvMethod<B> for QuantMethod {
             uses_budget: false,
             // The whole prompt is prefilled before the first flush, question included.
             compresses_question: true,
+            // The residual holds the prompt as appended until the first flush, unless the
+            // cache quantizes in `append` (FlexGen's `quantize_prefill`).
+            exact_prefill: !self.config.quantize_on_append,
         }
     }
 

@@ -1,7 +1,8 @@
 //! Every token-dropping method on the tiny model through the real runner, on flex and wgpu:
 //! budgets met exactly, memory freed, the same tokens kept on both backends, `Unlimited`
 //! identical to `full`, and StreamingLLM's chunked prefill equal to its reference (the
-//! uncompressed cache under the sinks-plus-window mask).
+//! uncompressed cache under the sinks-plus-window mask). Also every built-in method through a
+//! shared prefill (`generate_shared`) against the same method alone.
 
 use burn::tensor::backend::Backend;
 
@@ -9,7 +10,10 @@ use longctx_core::{
     AttentionLayerSpec, Budget, CacheContext, CompressionSchedule, KvCache, KvMethod, KvView,
     MethodCapabilities, MethodFamily, ObservationNeeds, RawParams, Result, ViewWindow,
 };
-use longctx_engine::{score_continuation, ContinuationScore};
+use longctx_engine::{
+    generate, generate_shared, score_continuation, score_continuation_shared,
+    shared_prefill_groups, ContinuationScore, GenerationConfig, GenerationResult,
+};
 use longctx_kvquant::testing::{tiny_model, tokens, wgpu_available};
 use longctx_method_full::FullCache;
 
@@ -183,6 +187,8 @@ impl<B: Backend> KvMethod<B> for WindowedFull {
             schedule: CompressionSchedule::default(),
             uses_budget: false,
             compresses_question: true,
+            // The view is masked to sinks plus a window.
+            exact_prefill: false,
         }
     }
     fn new_cache(&self, _: &AttentionLayerSpec, _: &CacheContext) -> Result<Box<dyn KvCache<B>>> {
@@ -331,5 +337,186 @@ fn snapkv_selection_stored_with_kivi_keeps_snapkvs_tokens_in_fewer_bytes() {
     );
     for (x, y) in on_wgpu.token_logprobs.iter().zip(&composed.token_logprobs) {
         assert!((x - y).abs() < 1e-2, "wgpu {x} vs flex {y}");
+    }
+}
+
+/// A method of the shared-prefill check: name, parameters, budget, and whether its
+/// capabilities let it share a prefill.
+type SharingMember = (&'static str, Given, Budget, bool);
+type Given = Vec<(&'static str, &'static str)>;
+
+/// Every built-in method (and a composition) for the shared-prefill check.
+fn sharing_members() -> Vec<SharingMember> {
+    let r4 = Budget::Ratio(4.0);
+    vec![
+        ("full", vec![], Budget::Unlimited, true),
+        (
+            "kivi",
+            vec![("residual_length", "32")],
+            Budget::Unlimited,
+            true,
+        ),
+        ("int8", vec![], Budget::Unlimited, true),
+        // Quantizes in `append` by default: prefill is not exact.
+        ("flexgen", vec![], Budget::Unlimited, false),
+        (
+            "flexgen",
+            vec![("quantize_prefill", "false")],
+            Budget::Unlimited,
+            true,
+        ),
+        ("h2o", vec![], r4, true),
+        // Prefill scores need every weight row (another attention path): shares with itself.
+        ("h2o", vec![("evict_after_prefill", "true")], r4, true),
+        (
+            "h2o",
+            vec![("evict_after_prefill", "true")],
+            Budget::Ratio(2.0),
+            true,
+        ),
+        ("snapkv", vec![], r4, true),
+        // Compresses the question too: a longer context than the others'.
+        (
+            "snapkv",
+            vec![("query_aware", "true"), ("window", "8")],
+            r4,
+            true,
+        ),
+        ("pyramidkv", vec![], r4, true),
+        ("tova", vec![], r4, true),
+        ("knorm", vec![], r4, true),
+        ("adakv", vec![], r4, true),
+        (
+            "snapkv+kivi",
+            vec![("bits", "4"), ("residual_length", "32")],
+            r4,
+            true,
+        ),
+        ("streaming-llm", vec![("chunk_size", "32")], r4, false),
+        ("infllm", matrix_params("infllm").to_vec(), r4, false),
+    ]
+}
+
+/// What must be equal between a shared and an alone run (timing aside).
+fn assert_same_run(what: &str, shared: &GenerationResult, alone: &GenerationResult) {
+    assert_eq!(shared.tokens, alone.tokens, "{what}: tokens");
+    assert_eq!(
+        shared.held_positions_end, alone.held_positions_end,
+        "{what}: kept positions"
+    );
+    assert_eq!(
+        shared.state_bytes_after_prefill, alone.state_bytes_after_prefill,
+        "{what}: bytes after prefill"
+    );
+    assert_eq!(
+        shared.state_bytes_end, alone.state_bytes_end,
+        "{what}: bytes"
+    );
+    assert_eq!(
+        shared.host_state_bytes_end, alone.host_state_bytes_end,
+        "{what}: host bytes"
+    );
+    assert_eq!(
+        shared.tokens_held_after_prefill, alone.tokens_held_after_prefill,
+        "{what}: held after prefill"
+    );
+    assert_eq!(shared.tokens_held_end, alone.tokens_held_end, "{what}");
+    assert_eq!(
+        shared.budget_tokens_per_layer, alone.budget_tokens_per_layer,
+        "{what}"
+    );
+    assert_eq!(
+        shared.uncompressed_question_tokens, alone.uncompressed_question_tokens,
+        "{what}"
+    );
+    assert!(alone.shared_prefill_seconds.is_none(), "{what}");
+}
+
+/// Every method through `generate_shared` and `score_continuation_shared` equals the same
+/// method alone: tokens, log-probs (1e-5), kept positions, bytes. `quick` (for slow devices)
+/// leaves out the methods that cannot share (they run exactly as alone), decodes fewer tokens
+/// and skips the chunked scoring (the same mechanism, in other shapes).
+fn shared_equals_alone<B: Backend>(device: &B::Device, quick: bool) {
+    let model = tiny_model::<B>(device);
+    let mut specs = sharing_members();
+    if quick {
+        specs.retain(|(_, _, _, shares)| *shares);
+    }
+    let decode = if quick { 4 } else { 10 };
+    let methods: Vec<Box<dyn KvMethod<B>>> = specs
+        .iter()
+        .map(|(name, params, _, _)| method::<B>(name, params))
+        .collect();
+    let caps: Vec<MethodCapabilities> = methods.iter().map(|m| m.capabilities()).collect();
+    for ((name, params, _, shares), c) in specs.iter().zip(&caps) {
+        assert_eq!(c.shares_prefill(), *shares, "{name} {params:?}");
+    }
+    let members: Vec<(&dyn KvMethod<B>, Budget)> = methods
+        .iter()
+        .zip(&specs)
+        .map(|(m, (_, _, budget, _))| (m.as_ref(), *budget))
+        .collect();
+    // Generation with a question tail of 24 tokens, past `full`'s initial capacity (256), so
+    // that its bytes would show a different chunking.
+    let ids = tokens(300, 7);
+    let config = GenerationConfig {
+        max_new_tokens: decode,
+        question_tokens: 24,
+        ..Default::default()
+    };
+    // Groups of at most 4 that share; the rest alone.
+    let groups = shared_prefill_groups(&caps, config.question_tokens, 4);
+    let in_shared_group = |i: usize| groups.iter().any(|g| g.len() > 1 && g.contains(&i));
+    assert!(groups.iter().all(|g| g.len() <= 4));
+    assert!(
+        groups.iter().filter(|g| g.len() > 1).count() >= 3,
+        "{groups:?}"
+    );
+    let label = |i: usize| format!("{} {:?} {}", specs[i].0, specs[i].1, specs[i].2);
+
+    let shared = generate_shared(&model, &members, &ids, &config, 4);
+    assert_eq!(shared.len(), members.len());
+    for (i, out) in shared.into_iter().enumerate() {
+        let out = out.unwrap_or_else(|e| panic!("{}: {e}", label(i)));
+        let (m, budget) = members[i];
+        let alone = generate(&model, m, budget, &ids, &config, &mut |_| {}).unwrap();
+        assert_same_run(&label(i), &out, &alone);
+        assert_eq!(
+            out.shared_prefill_seconds.is_some(),
+            in_shared_group(i),
+            "{}",
+            label(i)
+        );
+    }
+
+    if quick {
+        return;
+    }
+    // Teacher-forced scoring, in chunks of 64.
+    let ids = tokens(200 + decode, 9);
+    let shared = score_continuation_shared(&model, &members, &ids[..200], &ids[200..], Some(64), 4);
+    for (i, out) in shared.into_iter().enumerate() {
+        let out = out.unwrap_or_else(|e| panic!("{}: {e}", label(i)));
+        let (m, budget) = members[i];
+        let alone =
+            score_continuation(&model, m, budget, &ids[..200], &ids[200..], Some(64)).unwrap();
+        assert_same_run(&label(i), &out.generation, &alone.generation);
+        assert_eq!(out.token_logprobs.len(), alone.token_logprobs.len());
+        for (x, y) in out.token_logprobs.iter().zip(&alone.token_logprobs) {
+            assert!(
+                (x - y).abs() < 1e-5,
+                "{}: log-prob {x} shared vs {y} alone",
+                label(i)
+            );
+        }
+        assert_eq!(out.argmax_hits, alone.argmax_hits, "{}", label(i));
+    }
+}
+
+#[test]
+fn a_shared_prefill_gives_every_method_what_it_gets_alone_on_cpu_and_wgpu() {
+    shared_equals_alone::<burn::backend::Flex>(&Default::default(), false);
+    if wgpu_available() {
+        shared_equals_alone::<burn::backend::Wgpu>(&Default::default(), true);
     }
 }

@@ -7,35 +7,63 @@ use std::path::PathBuf;
 use longctx_core::Params;
 use longctx_harness::{Aggregate, RunRecord};
 
-/// The kind of method a record measures, for colouring plots and grouping exports.
+/// The kind of method (or model) a record measures, for colouring plots, grouping exports and
+/// ordering the paper-layout table.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub enum MethodFamily {
     /// The uncompressed cache (`full`).
     Baseline,
     /// Quantized storage that keeps every token (`kivi`, `flexgen`, `int8`).
     Quantization,
-    /// Token dropping or offloading under a token budget (`snapkv`, `h2o`, `infllm`, ...).
+    /// Token dropping (eviction) or offloading under a token budget (`snapkv`, `h2o`, `infllm`,
+    /// ...).
     TokenDropping,
+    /// Prompt compression before the model sees the text (the LLMLingua family).
+    PromptCompression,
     /// A `SELECT+STORE` composition (`snapkv+kivi`).
     Composite,
+    /// A recurrent (SSM, RNN) or hybrid model: what it holds per sequence is a fixed-size state
+    /// (plus any attention layers' KV cache), whatever the method.
+    Recurrent,
     /// A method this lookup does not know, without a limited budget.
     Other,
 }
 
+/// Substrings of architecture (or, for records without [`longctx_harness::RecordKind`], model)
+/// names of recurrent and hybrid models: Mamba, RWKV, RecurrentGemma / Griffin / Hawk, Jamba,
+/// Zamba, xLSTM.
+const RECURRENT_NAMES: [&str; 8] = [
+    "mamba",
+    "rwkv",
+    "recurrent",
+    "griffin",
+    "hawk",
+    "jamba",
+    "zamba",
+    "xlstm",
+];
+
+fn recurrent_name(name: &str) -> bool {
+    let name = name.to_ascii_lowercase();
+    RECURRENT_NAMES.iter().any(|n| name.contains(n))
+}
+
 impl MethodFamily {
-    /// Every family, in legend order.
-    pub const ALL: [MethodFamily; 5] = [
+    /// Every family, in legend (and table) order.
+    pub const ALL: [MethodFamily; 7] = [
         MethodFamily::Baseline,
         MethodFamily::Quantization,
         MethodFamily::TokenDropping,
+        MethodFamily::PromptCompression,
         MethodFamily::Composite,
+        MethodFamily::Recurrent,
         MethodFamily::Other,
     ];
 
-    /// The family of a method name. Records store the method's name but not its family, so this
-    /// is a lookup of the registered methods: `A+B` is a composition, `full` the baseline, the
-    /// quantizers by name; an unknown name is token dropping when the record's budget is
-    /// limited (only budgeted methods take one) and [`MethodFamily::Other`] otherwise.
+    /// The family of a method name, for records that do not say theirs: `A+B` is a
+    /// composition, `full` the baseline, the quantizers and prompt compressors by name; an
+    /// unknown name is token dropping when the record's budget is limited (only budgeted methods
+    /// take one) and [`MethodFamily::Other`] otherwise.
     pub fn of_method(name: &str, budget_limited: bool) -> Self {
         match name {
             _ if name.contains('+') => Self::Composite,
@@ -43,17 +71,46 @@ impl MethodFamily {
             "kivi" | "flexgen" | "int8" => Self::Quantization,
             "streaming-llm" | "h2o" | "snapkv" | "pyramidkv" | "tova" | "knorm" | "infllm"
             | "adakv" => Self::TokenDropping,
+            _ if name.contains("lingua") || name == "selective-context" => Self::PromptCompression,
             _ if budget_limited => Self::TokenDropping,
             _ => Self::Other,
         }
     }
 
-    /// The family of `record`'s method.
+    /// The family a record declares (`kind.method_family`, the method's
+    /// `MethodCapabilities::family` in snake case), if it is one this crate knows.
+    pub fn of_declared(name: &str) -> Option<Self> {
+        Some(match name {
+            "baseline" => Self::Baseline,
+            "quantization" => Self::Quantization,
+            "token_dropping" | "token_eviction" => Self::TokenDropping,
+            "prompt_compression" => Self::PromptCompression,
+            "composite" => Self::Composite,
+            "recurrent" => Self::Recurrent,
+            _ => return None,
+        })
+    }
+
+    /// The family of `record`: [`MethodFamily::Recurrent`] when its model has recurrent layers
+    /// (`kind.recurrent_layers`) or a recurrent architecture (`kind.architecture`, or the model's
+    /// name in records without `kind`); otherwise the method's declared family
+    /// (`kind.method_family`), falling back to [`MethodFamily::of_method`].
     pub fn of(record: &RunRecord) -> Self {
-        Self::of_method(
-            &record.config.method.name,
-            record.config.budget.is_limited(),
-        )
+        let kind = record.kind.as_ref();
+        let recurrent = match kind {
+            Some(k) => k.recurrent_layers > 0 || recurrent_name(&k.architecture),
+            None => recurrent_name(&record.config.model.name),
+        };
+        if recurrent {
+            return Self::Recurrent;
+        }
+        kind.and_then(|k| Self::of_declared(&k.method_family))
+            .unwrap_or_else(|| {
+                Self::of_method(
+                    &record.config.method.name,
+                    record.config.budget.is_limited(),
+                )
+            })
     }
 
     /// Lower-case name, as in CSV columns and legends.
@@ -62,7 +119,9 @@ impl MethodFamily {
             Self::Baseline => "baseline",
             Self::Quantization => "quantization",
             Self::TokenDropping => "token dropping",
+            Self::PromptCompression => "prompt compression",
             Self::Composite => "composite",
+            Self::Recurrent => "recurrent/hybrid model",
             Self::Other => "other",
         }
     }

@@ -73,6 +73,36 @@ pub struct ParetoPlot {
     pub front: Vec<usize>,
 }
 
+impl ParetoPlot {
+    /// The plot's series, one per method family present, in legend order
+    /// ([`MethodFamily::ALL`]): the family and the indices of its points.
+    pub fn series(&self) -> Vec<(MethodFamily, Vec<usize>)> {
+        MethodFamily::ALL
+            .into_iter()
+            .filter_map(|family| {
+                let members: Vec<usize> = (0..self.points.len())
+                    .filter(|&i| self.points[i].family == family)
+                    .collect();
+                (!members.is_empty()).then_some((family, members))
+            })
+            .collect()
+    }
+
+    /// The x axis caption: KV bytes, or KV and recurrent-state bytes where a recurrent or
+    /// hybrid model is plotted (its fixed-size state counts as what it holds per token).
+    pub fn x_caption(&self) -> &'static str {
+        if self
+            .points
+            .iter()
+            .any(|p| p.family == MethodFamily::Recurrent)
+        {
+            "KV or recurrent-state bytes per token (log scale)"
+        } else {
+            "KV bytes per token (log scale)"
+        }
+    }
+}
+
 /// Per-length curves: the records of one task, model and setting (lengths aside).
 #[derive(Clone, Debug, PartialEq)]
 pub struct LengthCurves {
@@ -213,15 +243,100 @@ pub fn length_curves(records: &[&RunRecord]) -> Vec<LengthCurves> {
     out
 }
 
-/// Colour of a method family: black baseline, blue quantization, orange token dropping,
-/// purple composite, grey other.
+/// Colour of a method family: black baseline, blue quantization, orange token dropping, green
+/// prompt compression, purple composite, red recurrent/hybrid models, grey other.
 pub fn family_color(family: MethodFamily) -> RGBColor {
     match family {
         MethodFamily::Baseline => RGBColor(0, 0, 0),
         MethodFamily::Quantization => RGBColor(31, 119, 180),
         MethodFamily::TokenDropping => RGBColor(255, 127, 14),
+        MethodFamily::PromptCompression => RGBColor(44, 160, 44),
         MethodFamily::Composite => RGBColor(148, 103, 189),
+        MethodFamily::Recurrent => RGBColor(214, 39, 40),
         MethodFamily::Other => RGBColor(127, 127, 127),
+    }
+}
+
+/// A point marker shape.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Marker {
+    Square,
+    Circle,
+    TriangleUp,
+    TriangleDown,
+    Diamond,
+    Cross,
+    Hexagon,
+}
+
+/// Marker of a method family on the Pareto plot, so that families stay apart without colour:
+/// baseline square, quantization circle, token dropping triangle, prompt compression
+/// down-pointing triangle, composite diamond, recurrent/hybrid cross, other hexagon.
+pub fn family_marker(family: MethodFamily) -> Marker {
+    match family {
+        MethodFamily::Baseline => Marker::Square,
+        MethodFamily::Quantization => Marker::Circle,
+        MethodFamily::TokenDropping => Marker::TriangleUp,
+        MethodFamily::PromptCompression => Marker::TriangleDown,
+        MethodFamily::Composite => Marker::Diamond,
+        MethodFamily::Recurrent => Marker::Cross,
+        MethodFamily::Other => Marker::Hexagon,
+    }
+}
+
+/// The outline of `marker` centred on `(x, y)` in pixels, about 10 pixels across; every
+/// shape is one polygon so that all families draw through the same element type.
+fn marker_polygon(marker: Marker, (x, y): (i32, i32)) -> Vec<(i32, i32)> {
+    let ring = |n: usize, r: f64, phase: f64| -> Vec<(i32, i32)> {
+        (0..n)
+            .map(|k| {
+                let a = phase + k as f64 * std::f64::consts::TAU / n as f64;
+                (
+                    x + (r * a.cos()).round() as i32,
+                    y + (r * a.sin()).round() as i32,
+                )
+            })
+            .collect()
+    };
+    match marker {
+        Marker::Square => vec![
+            (x - 4, y - 4),
+            (x + 4, y - 4),
+            (x + 4, y + 4),
+            (x - 4, y + 4),
+        ],
+        Marker::Circle => ring(16, 4.5, 0.0),
+        Marker::TriangleUp => vec![(x, y - 6), (x + 5, y + 4), (x - 5, y + 4)],
+        Marker::TriangleDown => vec![(x, y + 6), (x - 5, y - 4), (x + 5, y - 4)],
+        Marker::Diamond => vec![(x, y - 6), (x + 5, y), (x, y + 6), (x - 5, y)],
+        Marker::Hexagon => ring(6, 5.0, 0.0),
+        Marker::Cross => {
+            // A plus sign of half-width 1.6 and reach 6.5, turned 45 degrees.
+            let (a, r) = (1.6f64, 6.5f64);
+            let plus = [
+                (a, r),
+                (a, a),
+                (r, a),
+                (r, -a),
+                (a, -a),
+                (a, -r),
+                (-a, -r),
+                (-a, -a),
+                (-r, -a),
+                (-r, a),
+                (-a, a),
+                (-a, r),
+            ];
+            let s = std::f64::consts::FRAC_1_SQRT_2;
+            plus.iter()
+                .map(|&(px, py)| {
+                    (
+                        x + ((px - py) * s).round() as i32,
+                        y + ((px + py) * s).round() as i32,
+                    )
+                })
+                .collect()
+        }
     }
 }
 
@@ -316,7 +431,7 @@ where
         .map_err(|e| draw_err(&e))?;
     chart
         .configure_mesh()
-        .x_desc("KV bytes per token (log scale)")
+        .x_desc(plot.x_caption())
         .y_desc(metric_caption(&plot.metric))
         .x_label_formatter(&|v| format!("{v:.0}"))
         .label_style(("sans-serif", 13))
@@ -350,13 +465,15 @@ where
                 .map(|&p| Circle::new(p, 7, BLACK.stroke_width(1))),
         )
         .map_err(|e| draw_err(&e))?;
-    // Points coloured by family; labels stacked where points sit close together.
+    // Points with their family's colour and marker; labels stacked where points sit close
+    // together.
     let y_span = (yhi - ylo).max(f64::MIN_POSITIVE);
     let mut placed: Vec<(f64, f64)> = Vec::new();
-    for family in MethodFamily::ALL {
+    for (family, members) in plot.series() {
         let color = family_color(family);
+        let marker = family_marker(family);
         let mut elements = Vec::new();
-        for p in plot.points.iter().filter(|p| p.family == family) {
+        for p in members.iter().map(|&i| &plot.points[i]) {
             let near = placed
                 .iter()
                 .filter(|(x, y)| {
@@ -367,22 +484,19 @@ where
             placed.push((p.bytes_per_token, p.value));
             elements.push(
                 EmptyElement::at((p.bytes_per_token, p.value))
-                    + Circle::new((0, 0), 4, color.filled())
+                    + Polygon::new(marker_polygon(marker, (0, 0)), color.filled())
                     + Text::new(
                         p.label.clone(),
-                        (7, -14 - 12 * near),
+                        (8, -14 - 12 * near),
                         ("sans-serif", 11).into_font().color(&color),
                     ),
             );
-        }
-        if elements.is_empty() {
-            continue;
         }
         chart
             .draw_series(elements)
             .map_err(|e| draw_err(&e))?
             .label(family.name())
-            .legend(move |(x, y)| Circle::new((x + 9, y), 4, color.filled()));
+            .legend(move |(x, y)| Polygon::new(marker_polygon(marker, (x + 9, y)), color.filled()));
     }
     chart
         .configure_series_labels()

@@ -215,6 +215,15 @@ fn families_and_distinguishing_parameters_come_from_the_records() {
         MethodFamily::of_method("newthing", false),
         MethodFamily::Other
     );
+    assert_eq!(
+        MethodFamily::of_method("llmlingua2", true),
+        MethodFamily::PromptCompression
+    );
+    assert_eq!(
+        MethodFamily::of_declared("composite"),
+        Some(MethodFamily::Composite)
+    );
+    assert_eq!(MethodFamily::of_declared("unheard_of"), None);
     assert!(lower_is_better("nll") && lower_is_better("perplexity"));
     assert!(!lower_is_better("exact_match"));
 
@@ -469,4 +478,286 @@ fn lm_eval_export_uses_the_harness_key_names() {
         serde_json::from_slice(&std::fs::read(&files[0]).unwrap()).unwrap();
     assert_eq!(back["results"]["niah"]["exact_match,none"], 0.5);
     std::fs::remove_dir_all(out).unwrap();
+}
+
+#[test]
+fn categories_follow_the_papers_grouping() {
+    use paper::{categories_of, CATEGORY_OF};
+    let cats = |task: &str, unit: &str| categories_of(task, unit);
+    assert_eq!(
+        cats("longbench", "qasper"),
+        ["Single-Doc QA", "LongBench Avg"]
+    );
+    assert_eq!(
+        cats("longbench", "2wikimqa"),
+        ["Multi-Doc QA", "LongBench Avg"]
+    );
+    assert_eq!(
+        cats("longbench", "qmsum"),
+        ["Summarization", "LongBench Avg"]
+    );
+    assert_eq!(cats("longbench", "samsum"), ["Few-shot", "LongBench Avg"]);
+    assert_eq!(
+        cats("longbench", "passage_retrieval_en"),
+        ["Synthetic", "LongBench Avg"]
+    );
+    assert_eq!(cats("longbench", "repobench-p"), ["Code", "LongBench Avg"]);
+    // The paper leaves passage_count out of "Synthetic" and of the average.
+    assert_eq!(cats("longbench", "passage_count"), ["PassageCount"]);
+    assert_eq!(
+        cats("ruler", "niah_multikey_3"),
+        ["RULER Retrieval", "RULER Avg"]
+    );
+    assert_eq!(
+        cats("ruler", "vt"),
+        ["RULER Multi-hop Tracing", "RULER Avg"]
+    );
+    assert_eq!(cats("ruler", "fwe"), ["RULER Aggregation", "RULER Avg"]);
+    assert_eq!(cats("ruler", "qa_2"), ["RULER QA", "RULER Avg"]);
+    assert_eq!(cats("niah", ""), ["Needle"]);
+    assert_eq!(cats("passkey", ""), ["Needle"]);
+    assert_eq!(cats("perplexity", ""), ["Perplexity"]);
+    // Unknown tasks and units are their own category.
+    assert_eq!(cats("newtask", ""), ["newtask"]);
+    assert_eq!(cats("ruler", "new_sub"), ["ruler new_sub", "RULER Avg"]);
+    // LongBench's 16 English datasets in 6 categories (+ passage_count), RULER's 13 tasks in 4.
+    let units = |task: &str| -> std::collections::BTreeSet<&str> {
+        CATEGORY_OF
+            .iter()
+            .filter(|(t, u, _)| *t == task && *u != "*")
+            .map(|(_, _, c)| *c)
+            .collect()
+    };
+    let count = |task: &str| {
+        CATEGORY_OF
+            .iter()
+            .filter(|(t, u, _)| *t == task && *u != "*")
+            .count()
+    };
+    assert_eq!((count("longbench"), units("longbench").len()), (16, 7));
+    assert_eq!((count("ruler"), units("ruler").len()), (13, 4));
+}
+
+/// A LongBench-style record: per-dataset `score` means in `metrics.by["dataset"]`.
+fn longbench_record(method: &str, budget: &str, scores: &[(&str, f64)]) -> RunRecord {
+    let mut r = variant(method, budget, 7, 5000.0, 0.5);
+    r.config.task.name = "longbench".into();
+    r.metrics.overall = [("score".to_string(), 0.0)].into();
+    r.metrics.ci95.clear();
+    r.metrics.by = [(
+        "dataset".to_string(),
+        scores
+            .iter()
+            .map(|(d, v)| (d.to_string(), [("score".to_string(), *v)].into()))
+            .collect(),
+    )]
+    .into();
+    r
+}
+
+#[test]
+fn paper_table_has_category_means_deltas_and_missing_cells() {
+    let records = [
+        variant("snapkv", "4x", 7, 3000.0, 0.2),
+        variant("kivi", "unlimited", 7, 2000.0, 0.4),
+        variant("full", "unlimited", 7, 9000.0, 0.6),
+        variant("full", "unlimited", 64, 9000.0, 0.4),
+        longbench_record(
+            "full",
+            "unlimited",
+            &[
+                ("qasper", 0.3),
+                ("narrativeqa", 0.5),
+                ("hotpotqa", 0.2),
+                ("passage_count", 0.05),
+            ],
+        ),
+        longbench_record("kivi", "unlimited", &[("qasper", 0.2)]),
+    ];
+    let rs: Vec<&RunRecord> = records.iter().collect();
+    let tables = paper_tables(&rs);
+    assert_eq!(tables.len(), 1);
+    let t = &tables[0];
+    assert_eq!(t.model, "smollm2-135m");
+    let headers: Vec<&str> = t.columns.iter().map(|c| c.header.as_str()).collect();
+    assert_eq!(
+        headers,
+        [
+            "Single-Doc QA",
+            "Multi-Doc QA",
+            "LongBench Avg",
+            "PassageCount",
+            "Needle (a)",
+            "Needle (b)"
+        ]
+    );
+    // The needle setting most rows have comes first.
+    assert_eq!(t.columns[4].setting, [("digits".into(), "7".into())]);
+    assert_eq!(t.columns[5].setting, [("digits".into(), "64".into())]);
+    let methods: Vec<(&str, &str)> = t
+        .rows
+        .iter()
+        .map(|r| (r.method.as_str(), r.budget.as_str()))
+        .collect();
+    assert_eq!(
+        methods,
+        [
+            ("full", "unlimited"),
+            ("kivi", "unlimited"),
+            ("snapkv", "4x")
+        ]
+    );
+    let close = |a: Option<f64>, b: f64| a.is_some_and(|a| (a - b).abs() < 1e-12);
+    let full = &t.rows[0].values;
+    assert!(close(full[0], 0.4), "{full:?}"); // mean of qasper and narrativeqa
+    assert!(close(full[1], 0.2));
+    assert!(close(full[2], (0.3 + 0.5 + 0.2) / 3.0)); // passage_count left out
+    assert!(close(full[3], 0.05));
+    assert!(close(full[4], 0.6) && close(full[5], 0.4));
+    let kivi = &t.rows[1].values;
+    assert!(close(kivi[0], 0.2) && kivi[1].is_none() && kivi[5].is_none());
+    let snapkv = &t.rows[2].values;
+    assert!(snapkv[..4].iter().all(Option::is_none) && close(snapkv[4], 0.2));
+    assert_eq!(t.rows[2].family, MethodFamily::TokenDropping);
+
+    let md = paper::paper_markdown(&tables);
+    for line in [
+        "| method | budget | family | Single-Doc QA | Multi-Doc QA | LongBench Avg | PassageCount | Needle (a) | Needle (b) |",
+        "| full | unlimited | baseline | 40.00 | 20.00 | 33.33 | 5.00 | 60.00 | 40.00 |",
+        "| kivi | unlimited | quantization | 20.00 (−20.00) | – | 20.00 (−13.33) | – | 40.00 (−20.00) | – |",
+        "| snapkv | 4x | token dropping | – | – | – | – | 20.00 (−40.00) | – |",
+        "- Needle (b): `niah` exact_match x100; digits=64",
+        "- Single-Doc QA: `longbench` score x100",
+    ] {
+        assert!(md.contains(line), "{line}\nmissing from\n{md}");
+    }
+    assert!(md.contains("- No records for: Summarization,"), "{md}");
+    assert!(!md.contains("PassageCount.") && !md.contains("PassageCount,"));
+
+    // Settings covering as many rows come in numeric order: digits 7 before 64.
+    let even = [
+        variant("full", "unlimited", 64, 9000.0, 0.4),
+        variant("full", "unlimited", 7, 9000.0, 0.6),
+    ];
+    let t = &paper_tables(&even.iter().collect::<Vec<_>>())[0];
+    assert_eq!(t.columns[0].setting, [("digits".into(), "7".into())]);
+
+    // In the report, above the existing tables.
+    let paths: Vec<(PathBuf, RunRecord)> = records
+        .iter()
+        .enumerate()
+        .map(|(i, r)| (PathBuf::from(format!("r{i}.json")), r.clone()))
+        .collect();
+    let report = markdown_report(&paths, Path::new("."));
+    let top = report.find("## Results by task category").unwrap();
+    assert!(top < report.find("## Cells").unwrap());
+    assert!(report.contains("## niah: exact_match per length"));
+}
+
+#[test]
+fn perplexity_cells_stay_unscaled_and_lower_is_better() {
+    let mut full = variant("full", "unlimited", 7, 9000.0, 0.6);
+    full.config.task.name = "perplexity".into();
+    full.metrics.overall = [("nll".to_string(), 3.0), ("perplexity".to_string(), 20.0)].into();
+    let mut h2o = full.clone();
+    h2o.config.method.name = "h2o".into();
+    h2o.config.budget = "2x".parse().unwrap();
+    h2o.metrics.overall.insert("nll".into(), 3.25);
+    let tables = paper_tables(&[&h2o, &full]);
+    let t = &tables[0];
+    assert_eq!(t.columns[0].header, "Perplexity");
+    assert_eq!(t.columns[0].scale, 1.0);
+    let md = paper::paper_markdown(&tables);
+    assert!(md.contains("| Perplexity ↓ |"), "{md}");
+    assert!(
+        md.contains("| full | unlimited | baseline | 3.000 |"),
+        "{md}"
+    );
+    assert!(
+        md.contains("| h2o | 2x | token dropping | 3.250 (+0.250) |"),
+        "{md}"
+    );
+    assert!(md.contains("nll, lower is better"), "{md}");
+}
+
+#[test]
+fn pareto_data_has_one_series_per_family() {
+    use longctx_harness::RecordKind;
+    // Declared by the record: a recurrent model, and a method name this crate does not know.
+    let mut mamba = variant("full", "unlimited", 7, 120.0, 0.1);
+    mamba.kind = Some(RecordKind {
+        method_family: "baseline".into(),
+        architecture: "mamba".into(),
+        attention_layers: 0,
+        recurrent_layers: 64,
+    });
+    let mut declared = variant("newthing", "unlimited", 7, 4000.0, 0.3);
+    declared.kind = Some(RecordKind {
+        method_family: "token_dropping".into(),
+        architecture: "llama".into(),
+        attention_layers: 30,
+        recurrent_layers: 0,
+    });
+    let cells = [
+        variant("full", "unlimited", 7, 9000.0, 0.6),
+        variant("kivi", "unlimited", 7, 2000.0, 0.6),
+        variant("snapkv", "4x", 7, 3000.0, 0.2),
+        variant("llmlingua2", "4x", 7, 2500.0, 0.1),
+        variant("snapkv+kivi", "4x", 7, 800.0, 0.0),
+        mamba,
+        declared,
+    ];
+    let rs: Vec<&RunRecord> = cells.iter().collect();
+    let plots = pareto_plots(&rs);
+    assert_eq!(plots.len(), 1);
+    let p = &plots[0];
+    let series: Vec<(MethodFamily, Vec<usize>)> = p.series();
+    assert_eq!(
+        series,
+        [
+            (MethodFamily::Baseline, vec![0]),
+            (MethodFamily::Quantization, vec![1]),
+            (MethodFamily::TokenDropping, vec![2, 6]),
+            (MethodFamily::PromptCompression, vec![3]),
+            (MethodFamily::Composite, vec![4]),
+            (MethodFamily::Recurrent, vec![5]),
+        ]
+    );
+    assert!(p.x_caption().contains("recurrent-state"));
+    // Each family its own colour and marker.
+    let colors: std::collections::BTreeSet<_> = MethodFamily::ALL
+        .iter()
+        .map(|&f| {
+            let c = family_color(f);
+            (c.0, c.1, c.2)
+        })
+        .collect();
+    let markers: std::collections::HashSet<_> = MethodFamily::ALL
+        .iter()
+        .map(|&f| family_marker(f))
+        .collect();
+    assert_eq!(colors.len(), MethodFamily::ALL.len());
+    assert_eq!(markers.len(), MethodFamily::ALL.len());
+    // Legend entries in the drawn plot.
+    let out = temp_dir("families");
+    let svg = out.join("p.svg");
+    write_pareto(p, &svg).unwrap();
+    let text = std::fs::read_to_string(&svg).unwrap();
+    for entry in [
+        "baseline",
+        "quantization",
+        "token dropping",
+        "prompt compression",
+        "composite",
+        "recurrent/hybrid model",
+        "KV or recurrent-state bytes per token",
+    ] {
+        assert!(text.contains(entry), "{entry} missing from the legend");
+    }
+    write_pareto(p, &out.join("p.png")).unwrap();
+    std::fs::remove_dir_all(out).unwrap();
+    // Without `kind`, a recurrent model is known by its name.
+    let mut old = variant("full", "unlimited", 7, 100.0, 0.1);
+    old.config.model.name = "recurrentgemma-2b-it".into();
+    assert_eq!(MethodFamily::of(&old), MethodFamily::Recurrent);
 }

@@ -49,6 +49,7 @@ impl<B: Backend> KvMethod<B> for Full {
             schedule: CompressionSchedule::default(),
             uses_budget: false,
             compresses_question: true,
+            exact_prefill: true,
         }
     }
 

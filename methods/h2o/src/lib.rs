@@ -87,6 +87,8 @@ impl<B: Backend> PolicyFactory<B> for H2o {
             uses_budget: true,
             // Nothing is compressed in prefill unless asked, so the question needs no split.
             compresses_question: self.query_aware || !self.evict_after_prefill,
+            // Everything appended is held until the first eviction (PrefillEnd or decode).
+            exact_prefill: true,
         }
     }
 

@@ -185,6 +185,8 @@ impl<B: Backend> KvMethod<B> for InfLlm {
             },
             uses_budget: true,
             compresses_question: self.query_aware,
+            // Chunks attend over sinks, retrieved blocks and a local window only.
+            exact_prefill: false,
         }
     }
 

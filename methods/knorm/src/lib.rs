@@ -63,6 +63,7 @@ impl<B: Backend> PolicyFactory<B> for KNorm {
             },
             uses_budget: true,
             compresses_question: self.query_aware,
+            exact_prefill: true,
         }
     }
 

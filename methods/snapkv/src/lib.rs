@@ -96,6 +96,7 @@ impl SnapKv {
             },
             uses_budget: true,
             compresses_question: self.query_aware,
+            exact_prefill: true,
         }
     }
 

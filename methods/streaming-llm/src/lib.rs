@@ -90,6 +90,8 @@ impl<B: Backend> PolicyFactory<B> for StreamingLlm {
             },
             uses_budget: true,
             compresses_question: self.query_aware,
+            // Prefill attends over sinks and a window, evicting per chunk.
+            exact_prefill: false,
         }
     }
 

@@ -55,6 +55,7 @@ impl<B: Backend> PolicyFactory<B> for Tova {
             },
             uses_budget: true,
             compresses_question: self.query_aware,
+            exact_prefill: true,
         }
     }
 

@@ -108,6 +108,7 @@ impl KvMethod<B> for Recording {
             schedule: self.schedule,
             uses_budget: true,
             compresses_question: true,
+            exact_prefill: true,
         }
     }
     fn new_cache(

@@ -92,6 +92,7 @@ impl<B: Backend> KvMethod<B> for TestMethod {
             schedule: CompressionSchedule::default(),
             uses_budget: false,
             compresses_question: true,
+            exact_prefill: true,
         }
     }
     fn new_cache(&self, _: &AttentionLayerSpec, _: &CacheContext) -> Result<Box<dyn KvCache<B>>> {
