@@ -16,6 +16,19 @@ pub fn gemm_skinny_kn(x: &[f32], m: usize, k: usize, w: &[f32], n: usize, y: &mu
     assert_eq!(x.len(), m * k, "skinny gemm: x is [m, k]");
     assert!(w.len() >= k * n, "skinny gemm: weight is [k, n]");
     assert_eq!(y.len(), m * n, "skinny gemm: y is [m, n]");
+    by_column_ranges(m, n, y, |c0, c1, out| {
+        columns_kn(x, m, k, w, n, c0, c1, out)
+    });
+}
+
+/// Fills `y` `[m, n]` by computing column ranges `[c0, c1)` in parallel with `fill(c0, c1,
+/// out)`, `out` being that range's `[m, c1 - c0]` block.
+fn by_column_ranges(
+    m: usize,
+    n: usize,
+    y: &mut [f32],
+    fill: impl Fn(usize, usize, &mut [f32]) + Sync,
+) {
     let tasks = n.div_ceil(COLUMNS_PER_TASK);
     let parts: Vec<Vec<f32>> = (0..tasks)
         .into_par_iter()
@@ -23,7 +36,7 @@ pub fn gemm_skinny_kn(x: &[f32], m: usize, k: usize, w: &[f32], n: usize, y: &mu
             let c0 = task * COLUMNS_PER_TASK;
             let c1 = (c0 + COLUMNS_PER_TASK).min(n);
             let mut out = vec![0f32; m * (c1 - c0)];
-            columns_kn(x, m, k, w, n, c0, c1, &mut out);
+            fill(c0, c1, &mut out);
             out
         })
         .collect();
@@ -69,24 +82,7 @@ pub fn gemm_skinny_nk(x: &[f32], m: usize, k: usize, w: &[f32], n: usize, y: &mu
     assert_eq!(x.len(), m * k, "skinny gemm: x is [m, k]");
     assert!(w.len() >= k * n, "skinny gemm: weight is [n, k]");
     assert_eq!(y.len(), m * n, "skinny gemm: y is [m, n]");
-    let tasks = n.div_ceil(COLUMNS_PER_TASK);
-    let parts: Vec<Vec<f32>> = (0..tasks)
-        .into_par_iter()
-        .map(|task| {
-            let c0 = task * COLUMNS_PER_TASK;
-            let c1 = (c0 + COLUMNS_PER_TASK).min(n);
-            let mut out = vec![0f32; m * (c1 - c0)];
-            rows_nk(x, m, k, w, c0, c1, &mut out);
-            out
-        })
-        .collect();
-    for (task, part) in parts.iter().enumerate() {
-        let c0 = task * COLUMNS_PER_TASK;
-        let width = part.len() / m;
-        for r in 0..m {
-            y[r * n + c0..r * n + c0 + width].copy_from_slice(&part[r * width..(r + 1) * width]);
-        }
-    }
+    by_column_ranges(m, n, y, |c0, c1, out| rows_nk(x, m, k, w, c0, c1, out));
 }
 
 dispatch!(fn rows_nk(x: &[f32], m: usize, k: usize, w: &[f32], c0: usize, c1: usize, out: &mut [f32]) => rows_nk_body);
