@@ -25,8 +25,8 @@ pub struct GridArgs {
     /// Run every cell on its own, prefilling each prompt for each cell (an A/B check of the
     /// shared prefill).
     pub no_share: bool,
-    /// Methods one shared prefill feeds at most.
-    pub max_shared: usize,
+    /// Methods one shared prefill feeds at most (over the study's `max_shared`).
+    pub max_shared: Option<usize>,
 }
 
 /// Progress output: bars on a terminal unless `--quiet`, one line per finished cell always.
@@ -285,8 +285,12 @@ pub fn grid(args: GridArgs) -> Result<()> {
         .shard
         .map_or(String::new(), |s| format!(", shard {s}: {}", cells.len()));
     let (done, todo): (Vec<Cell>, Vec<Cell>) = cells.into_iter().partition(Cell::is_done);
-    if args.max_shared == 0 {
-        bail!("--max-shared must be at least 1");
+    let max_shared = args
+        .max_shared
+        .or(study.max_shared)
+        .unwrap_or(longctx_engine::DEFAULT_MAX_SHARED);
+    if max_shared == 0 {
+        bail!("max_shared (--max-shared or the study's key) must be at least 1");
     }
     let sharing = if args.no_share {
         ", each prefilled alone (--no-share)".to_string()
@@ -361,7 +365,7 @@ pub fn grid(args: GridArgs) -> Result<()> {
             backend,
             GridJob {
                 groups,
-                max_shared: args.max_shared,
+                max_shared,
                 ui: &mut ui,
             },
         ) {
@@ -383,6 +387,9 @@ pub fn grid(args: GridArgs) -> Result<()> {
         failed.len(),
         started.elapsed().as_secs_f64()
     );
+    if study.report {
+        report_when_complete(&study, &args.file, &out)?;
+    }
     if !failed.is_empty() {
         let list: Vec<String> = failed
             .iter()
@@ -400,4 +407,28 @@ pub fn grid(args: GridArgs) -> Result<()> {
 
 fn path(p: &Path) -> String {
     p.display().to_string()
+}
+
+/// The study's report (`report = true`): written under `<out>/report` and its tables printed
+/// once every cell of the study (every shard) has its record; otherwise a line saying why not.
+fn report_when_complete(study: &Study, file: &Path, out: &Path) -> Result<()> {
+    let missing = study
+        .cells(file, out)?
+        .iter()
+        .filter(|c| !c.is_done())
+        .count();
+    if missing > 0 {
+        eprintln!("report not written: {missing} cells of the study have no record yet");
+        return Ok(());
+    }
+    let dir = out.join("report");
+    let files = longctx_report::write_report(out, &dir)?;
+    println!("{}", files.summary);
+    eprintln!(
+        "report of {} records -> {} (heatmaps, Pareto plots and curves under {})",
+        files.records,
+        files.markdown.display(),
+        dir.display()
+    );
+    Ok(())
 }

@@ -139,9 +139,10 @@ enum Command {
         #[arg(long)]
         no_share: bool,
         /// Methods one shared prefill feeds at most (each holds its own copy of the prompt's
-        /// KV during prefill); more run in groups of this size, one after another.
-        #[arg(long, value_name = "N", default_value_t = longctx_engine::DEFAULT_MAX_SHARED)]
-        max_shared: usize,
+        /// KV during prefill); more run in groups of this size, one after another. Overrides
+        /// the study's `max_shared`; default 4.
+        #[arg(long, value_name = "N")]
+        max_shared: Option<usize>,
     },
     /// Render tables and needle heatmaps (length x depth, SVG and PNG) from the run records
     /// under a directory; runs no model.

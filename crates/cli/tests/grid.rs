@@ -159,6 +159,26 @@ fn a_killed_grid_resumes_and_ends_with_every_record_once() {
         String::from_utf8_lossy(&o.stderr)
     );
 
+    // The same study asking for its report: nothing to run, the report written from the
+    // records and its tables printed.
+    let with_report = out.with_extension("report.toml");
+    let text = std::fs::read_to_string(study()).unwrap() + "report = true\n";
+    std::fs::write(&with_report, text).unwrap();
+    let o = longctx()
+        .arg("grid")
+        .arg(&with_report)
+        .args(["--quiet", "--out"])
+        .arg(&out)
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&o.stdout);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    assert!(stdout.contains("the paper's layout"), "{stdout}");
+    assert!(stdout.contains("per length"), "{stdout}");
+    let report = std::fs::read_to_string(out.join("report/report.md")).unwrap();
+    assert!(report.contains(&stdout.trim()[..40]), "{report}");
+    std::fs::remove_file(&with_report).unwrap();
+
     // Every cell's method compresses after prefill: they shared it, and the records (resumed
     // after the kill) are those of cells run alone, timing aside.
     let alone = std::env::temp_dir().join(format!("longctx-grid-alone-{}", std::process::id()));

@@ -1,10 +1,13 @@
 //! Times the operations of one SmolLM2-135M layer on flex at a prompt length (release build):
-//! `cargo run --release -p longctx-cpu-kernels --example op_timings -- 2048`.
+//! `cargo run --release -p longctx-cpu-kernels --example op_timings -- 2048`, then the decode
+//! step's products (one row) over f32 weights and over Q4_0/Q4_1/Q8_0 blocks;
+//! `-- decode` times only those.
 use std::time::Instant;
 
 use burn::backend::Flex;
 use burn::tensor::{activation::silu, Distribution, Tensor};
-use longctx_cpu_kernels::{flex::flex_attention, Visibility};
+use longctx_cpu_kernels::flex::{flex_quant_matmul, flex_skinny_matmul};
+use longctx_cpu_kernels::{flex::flex_attention, QuantFormat, QuantMatrix, Visibility};
 
 fn time<T>(label: &str, flops: f64, reps: usize, mut f: impl FnMut() -> T) {
     let _ = f();
@@ -20,7 +23,73 @@ fn time<T>(label: &str, flops: f64, reps: usize, mut f: impl FnMut() -> T) {
     );
 }
 
+/// Median time of `f` over `reps` calls (after one warm-up; the median resists the other
+/// loads of a shared machine), with the bytes of weights it reads.
+fn time_read<T>(label: &str, bytes: usize, reps: usize, mut f: impl FnMut() -> T) {
+    let _ = f();
+    let mut times: Vec<f64> = (0..reps)
+        .map(|_| {
+            let start = Instant::now();
+            let _ = std::hint::black_box(f());
+            start.elapsed().as_secs_f64()
+        })
+        .collect();
+    times.sort_by(f64::total_cmp);
+    let s = times[reps / 2];
+    println!(
+        "{label:<40} {:>9.3} ms {:>7.1} GB/s of weights",
+        s * 1e3,
+        bytes as f64 / s / 1e9
+    );
+}
+
+/// One-row products at SmolLM2-135M's shapes: the f32 skinny kernel over `[in, out]` weights
+/// (the model's layout) against the quantized kernel over random blocks of each format.
+fn decode_products() {
+    let device = Default::default();
+    let mut state = 0x2545_F491_4F6C_DD1Du64;
+    let mut next = move || {
+        state ^= state << 13;
+        state ^= state >> 7;
+        state ^= state << 17;
+        state
+    };
+    for (label, inp, out, reps) in [
+        ("gate/up 576x1536", 576, 1536, 300),
+        ("down 1536x576", 1536, 576, 300),
+        ("lm_head 576x49152", 576, 49152, 20),
+    ] {
+        let x = Tensor::<Flex, 2>::random([1, inp], Distribution::Default, &device);
+        let w = Tensor::<Flex, 2>::random([inp, out], Distribution::Default, &device);
+        time_read(
+            &format!("m=1 f32 skinny {label}"),
+            4 * inp * out,
+            reps,
+            || flex_skinny_matmul(&x, &w).unwrap(),
+        );
+        for format in [QuantFormat::Q4_0, QuantFormat::Q4_1, QuantFormat::Q8_0] {
+            let mut data: Vec<u8> = (0..out * inp / 32 * format.block_bytes())
+                .map(|_| next() as u8)
+                .collect();
+            // Scales around 2^-7 (f16 exponent 8), as real weights have.
+            for block in data.chunks_exact_mut(format.block_bytes()) {
+                block[1] = 0x20 | (block[1] & 0x03);
+                block[3] = 0x20 | (block[3] & 0x03);
+            }
+            let q = QuantMatrix::new(format, out, inp, data).unwrap();
+            let bytes = q.data().len();
+            time_read(&format!("m=1 {format} {label}"), bytes, reps, || {
+                flex_quant_matmul(&x, &q).unwrap()
+            });
+        }
+    }
+}
+
 fn main() {
+    if std::env::args().nth(1).as_deref() == Some("decode") {
+        decode_products();
+        return;
+    }
     let t: usize = std::env::args().nth(1).map_or(2048, |s| s.parse().unwrap());
     let device = Default::default();
     let rand = |shape: [usize; 2]| Tensor::<Flex, 2>::random(shape, Distribution::Default, &device);
@@ -101,4 +170,5 @@ fn main() {
         10,
         || x1.clone().matmul(lm.clone()),
     );
+    decode_products();
 }

@@ -9,6 +9,7 @@ use burn::backend::flex::{Flex, FlexTensor};
 use burn::tensor::{backend::Backend, DType, Tensor, TensorData, TensorPrimitive};
 
 use crate::attention::{attention, Heads, Visibility};
+use crate::quant::{QuantMatrix, MAX_ROWS};
 
 /// Whether `B` is burn's flex CPU backend and the kernels are on: setting the environment
 /// variable `LONGCTX_CPU_KERNELS=0` keeps burn's own ops (for A/B measurements).
@@ -125,6 +126,26 @@ pub fn flex_skinny_matmul<B: Backend>(x: &Tensor<B, 2>, w: &Tensor<B, 2>) -> Opt
     from_flex(FlexTensor::from_data(TensorData::new(y, [m, n])))
 }
 
+/// `x` `[m, in]` (f32) times the transpose of `w` (`[out, in]` as GGUF blocks), i.e. the
+/// `[m, out]` result of `x @ W^T`, for `1 <= m <= MAX_ROWS`; `None` for other row counts, a
+/// mismatched `in`, other dtypes, other backends, or with the kernels turned off.
+pub fn flex_quant_matmul<B: Backend>(x: &Tensor<B, 2>, w: &QuantMatrix) -> Option<Tensor<B, 2>> {
+    let [m, k] = x.dims();
+    if m == 0 || m > MAX_ROWS || k != w.cols() {
+        return None;
+    }
+    let x = to_flex(x.clone())?;
+    let x = if x.is_contiguous() {
+        x
+    } else {
+        x.to_contiguous()
+    };
+    let xs = contiguous_f32(&x)?;
+    let mut y = vec![0f32; m * w.rows()];
+    w.matmul(xs, m, &mut y).ok()?;
+    from_flex(FlexTensor::from_data(TensorData::new(y, [m, w.rows()])))
+}
+
 /// SiLU of an f32 flex tensor with the vectorised `exp` (in place when the buffer is not
 /// shared); `Err` gives the tensor back for other backends and dtypes.
 pub fn flex_silu<B: Backend, const D: usize>(
@@ -206,5 +227,227 @@ mod tests {
 
         let nd = Tensor::<NdArray, 4>::ones([1, 1, 2, 4], &Default::default());
         assert!(flex_attention(&nd, &nd, &nd, 1.0, &vis).is_none());
+    }
+
+    #[test]
+    fn quantized_products_run_on_flex_rows_up_to_four() {
+        use crate::quant::{QuantFormat, QuantMatrix};
+        let device = Default::default();
+        // A [70, 64] Q8_0 matrix, d = 2^-7 (f16 0x2000), q = (row * 7 + col) % 200 - 100.
+        let (rows, cols) = (70, 64);
+        let mut data = Vec::new();
+        for r in 0..rows {
+            for b in 0..cols / 32 {
+                data.extend([0x00, 0x20]);
+                data.extend(
+                    (0..32)
+                        .map(|i| ((r * 7 + b * 32 + i) % 200) as i32 - 100)
+                        .map(|q| q as i8 as u8),
+                );
+            }
+        }
+        let q = QuantMatrix::new(QuantFormat::Q8_0, rows, cols, data).unwrap();
+        let w: Vec<f32> = (0..rows * cols)
+            .map(|i| ((((i / cols) * 7 + i % cols) % 200) as f32 - 100.0) / 128.0)
+            .collect();
+        // As the model stores it: [in, out].
+        let w = Tensor::<Flex, 2>::from_data(TensorData::new(w, [rows, cols]), &device).transpose();
+        for m in 1..=4 {
+            let x =
+                Tensor::<Flex, 2>::random([m, cols], burn::tensor::Distribution::Default, &device);
+            let want = x.clone().matmul(w.clone());
+            let got = flex_quant_matmul(&x, &q).expect("flex, m <= 4");
+            assert_eq!(got.dims(), [m, rows]);
+            assert!((got - want).abs().max().into_scalar() < 1e-4);
+            // A strided view of x is made contiguous first.
+            let wide = Tensor::<Flex, 2>::random(
+                [m, 2 * cols],
+                burn::tensor::Distribution::Default,
+                &device,
+            );
+            let view = wide.slice([0..m, 0..cols]);
+            let want = view.clone().matmul(w.clone());
+            let got = flex_quant_matmul(&view, &q).expect("strided x");
+            assert!((got - want).abs().max().into_scalar() < 1e-4);
+        }
+        let x5 = Tensor::<Flex, 2>::ones([5, cols], &device);
+        assert!(flex_quant_matmul(&x5, &q).is_none());
+        let bad = Tensor::<Flex, 2>::ones([1, 32], &device);
+        assert!(flex_quant_matmul(&bad, &q).is_none());
+        let nd = Tensor::<NdArray, 2>::ones([1, cols], &Default::default());
+        assert!(flex_quant_matmul(&nd, &q).is_none());
+    }
+}
+
+/// `tensor` with `value` written into the block `ranges`, as burn's `slice_assign`, but in
+/// place on flex when `tensor` is an f32 buffer nobody else holds.
+///
+/// Why: burn-flex 0.21's `slice_assign` keeps a second handle on the buffer while it writes, so
+/// its copy-on-write always copies: appending one decode step's keys to an 8,000-slot KV cache
+/// copied the whole cache, every layer, every token. Any other case (another backend, another
+/// dtype, a shared or strided buffer, ranges that do not fit) is burn's `slice_assign`.
+pub fn slice_assign<B: Backend, const D: usize>(
+    tensor: Tensor<B, D>,
+    ranges: [std::ops::Range<usize>; D],
+    value: Tensor<B, D>,
+) -> Tensor<B, D> {
+    let dims = tensor.dims();
+    let fits = ranges
+        .iter()
+        .zip(dims)
+        .zip(value.dims())
+        .all(|((r, n), v)| r.start <= r.end && r.end <= n && r.end - r.start == v);
+    if !is_flex::<B>()
+        || !fits
+        || D == 0
+        || tensor.dtype() != DType::F32
+        || value.dtype() != DType::F32
+    {
+        return tensor.slice_assign(ranges, value);
+    }
+    let (Some(mut dst), Some(src)) = (to_flex(tensor), to_flex(value)) else {
+        unreachable!("is_flex checked the backend");
+    };
+    let whole = dst.layout().contiguous_offsets() == Some((0, dims.iter().product()))
+        && dst.storage::<f32>().len() == dims.iter().product::<usize>();
+    let src = if src.is_contiguous() {
+        src
+    } else {
+        src.to_contiguous()
+    };
+    let written = whole
+        && match (contiguous_f32(&src), dst.try_storage_mut::<f32>()) {
+            (Some(values), Some(out)) => {
+                write_block(out, &dims, &ranges, values);
+                true
+            }
+            _ => false,
+        };
+    let (Some(dst), Some(src)) = (from_flex::<B, D>(dst), from_flex::<B, D>(src)) else {
+        unreachable!("the tensors came from B");
+    };
+    if written {
+        dst
+    } else {
+        dst.slice_assign(ranges, src)
+    }
+}
+
+/// Copies `values` (row-major, the block's shape) into the block `ranges` of the row-major
+/// buffer `out` of shape `dims`, one run of the last axis at a time.
+fn write_block<const D: usize>(
+    out: &mut [f32],
+    dims: &[usize; D],
+    ranges: &[std::ops::Range<usize>; D],
+    values: &[f32],
+) {
+    let run = ranges[D - 1].len();
+    if run == 0 || ranges.iter().any(|r| r.is_empty()) {
+        return;
+    }
+    let mut strides = [1usize; D];
+    for a in (0..D - 1).rev() {
+        strides[a] = strides[a + 1] * dims[a + 1];
+    }
+    // Index over the outer axes of the block, last outer axis fastest.
+    let mut index: [usize; D] = std::array::from_fn(|a| ranges[a].start);
+    for chunk in values.chunks_exact(run) {
+        let at: usize = (0..D).map(|a| index[a] * strides[a]).sum();
+        out[at..at + run].copy_from_slice(chunk);
+        for a in (0..D - 1).rev() {
+            index[a] += 1;
+            if index[a] < ranges[a].end {
+                break;
+            }
+            index[a] = ranges[a].start;
+        }
+    }
+}
+
+#[cfg(test)]
+mod slice_assign_tests {
+    use super::*;
+
+    type F = Flex;
+
+    fn ramp(dims: [usize; 4], start: f32) -> Tensor<F, 4> {
+        let n: usize = dims.iter().product();
+        let v: Vec<f32> = (0..n).map(|i| start + i as f32).collect();
+        Tensor::from_data(TensorData::new(v, dims), &Default::default())
+    }
+
+    fn values(t: &Tensor<F, 4>) -> Vec<f32> {
+        t.to_data().to_vec().unwrap()
+    }
+
+    #[test]
+    fn writes_the_same_block_as_burn_in_place_or_not() {
+        let cases = [
+            [0..1, 0..3, 5..6, 0..8],
+            [0..1, 1..3, 2..7, 0..8],
+            [0..1, 0..3, 0..10, 2..5],
+            [0..1, 2..3, 9..10, 7..8],
+        ];
+        for ranges in cases {
+            let dims: [usize; 4] = std::array::from_fn(|a| ranges[a].len());
+            let value = ramp(dims, 1000.0);
+            let want = ramp([1, 3, 10, 8], 0.0).slice_assign(ranges.clone(), value.clone());
+            // Unique buffer: written in place.
+            let got = slice_assign(ramp([1, 3, 10, 8], 0.0), ranges.clone(), value.clone());
+            assert_eq!(values(&got), values(&want), "{ranges:?}");
+            // A buffer someone else holds stays as it was.
+            let base = ramp([1, 3, 10, 8], 0.0);
+            let kept = base.clone();
+            let got = slice_assign(base, ranges.clone(), value.clone());
+            assert_eq!(values(&got), values(&want), "{ranges:?}");
+            assert_eq!(values(&kept), values(&ramp([1, 3, 10, 8], 0.0)));
+            // A strided value and a strided target.
+            let strided_value = ramp([dims[0], dims[1], dims[3], dims[2]], 1000.0).swap_dims(2, 3);
+            let want = ramp([1, 3, 10, 8], 0.0).slice_assign(ranges.clone(), strided_value.clone());
+            let got = slice_assign(ramp([1, 3, 10, 8], 0.0), ranges.clone(), strided_value);
+            assert_eq!(values(&got), values(&want), "{ranges:?}");
+            let target = ramp([1, 3, 8, 10], 0.0).swap_dims(2, 3);
+            let want = target.clone().slice_assign(ranges.clone(), value.clone());
+            let got = slice_assign(target, ranges.clone(), value);
+            assert_eq!(values(&got), values(&want), "{ranges:?}");
+        }
+    }
+
+    /// The address of a flex tensor's buffer.
+    fn buffer_address(t: &Tensor<F, 4>) -> usize {
+        to_flex(t.clone()).unwrap().storage::<f32>().as_ptr() as usize
+    }
+
+    #[test]
+    fn appending_to_an_unshared_buffer_keeps_its_allocation() {
+        let mut buf = Tensor::<F, 4>::zeros([1, 3, 64, 8], &Default::default());
+        buf = slice_assign(buf, [0..1, 0..3, 0..1, 0..8], ramp([1, 3, 1, 8], 0.0));
+        let address = buffer_address(&buf);
+        for i in 1..64 {
+            buf = slice_assign(
+                buf,
+                [0..1, 0..3, i..i + 1, 0..8],
+                ramp([1, 3, 1, 8], i as f32),
+            );
+            assert_eq!(
+                buffer_address(&buf),
+                address,
+                "append {i} copied the buffer"
+            );
+        }
+        let row = buf.clone().slice([0..1, 2..3, 63..64, 0..8]);
+        assert_eq!(values(&row)[0], 63.0 + 2.0 * 8.0);
+        // burn's own slice_assign copies (the reason for this function): if a burn release
+        // fixes that, this function can go.
+        let before = buffer_address(&buf);
+        let burned = buf.slice_assign([0..1, 0..3, 0..1, 0..8], ramp([1, 3, 1, 8], 0.0));
+        eprintln!(
+            "burn's slice_assign {} the buffer",
+            if buffer_address(&burned) == before {
+                "kept"
+            } else {
+                "copied"
+            }
+        );
     }
 }

@@ -74,6 +74,15 @@ pub struct Study {
     /// Largest prefill chunk in tokens regardless of the method.
     #[serde(default)]
     pub max_prefill_chunk: Option<usize>,
+    /// Methods one shared prefill feeds at most (`longctx grid --max-shared` overrides it;
+    /// default `longctx_engine::DEFAULT_MAX_SHARED`). Each member holds its own copy of the
+    /// prompt's KV during prefill, so this trades memory for prefills saved.
+    #[serde(default)]
+    pub max_shared: Option<usize>,
+    /// Once every cell of the study has its record, write `longctx report <out> --out
+    /// <out>/report` and print its tables (default false).
+    #[serde(default)]
+    pub report: bool,
 }
 
 /// One cell of a study.

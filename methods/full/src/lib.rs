@@ -11,6 +11,7 @@ use longctx_core::{
     KvMethod, KvView, MethodCapabilities, MethodDescriptor, MethodFamily, ObservationNeeds,
     ParamSpec, Params, Result,
 };
+use longctx_cpu_kernels::flex::slice_assign;
 
 /// The `full` method.
 pub struct Full {
@@ -98,7 +99,8 @@ impl<B: Backend> FullCache<B> {
         let fresh = |old: Option<Tensor<B, 4>>| {
             let buf = Tensor::<B, 4>::zeros([b, h, capacity, d], &device).cast(like.dtype());
             match old {
-                Some(old) if len > 0 => buf.slice_assign(
+                Some(old) if len > 0 => slice_assign(
+                    buf,
                     [0..b, 0..h, 0..len, 0..d],
                     old.slice([0..b, 0..h, 0..len, 0..d]),
                 ),
@@ -123,12 +125,13 @@ impl<B: Backend> KvCache<B> for FullCache<B> {
             let capacity = (len + t).max(self.min_capacity).max(2 * self.capacity());
             self.grow(&keys, capacity);
         }
+        // In place when nothing else holds the buffer (every decode step of a long prompt).
         let range = [0..b, 0..h, len..len + t, 0..d];
         self.keys = self
             .keys
             .take()
-            .map(|k| k.slice_assign(range.clone(), keys));
-        self.values = self.values.take().map(|v| v.slice_assign(range, values));
+            .map(|k| slice_assign(k, range.clone(), keys));
+        self.values = self.values.take().map(|v| slice_assign(v, range, values));
         self.positions.extend_from_slice(positions);
         Ok(())
     }

@@ -25,7 +25,8 @@ use std::path::Path;
 
 use burn::tensor::backend::Backend;
 use longctx_core::{Error, Result};
-use longctx_io::gguf::GgufFile;
+use longctx_cpu_kernels::QuantFormat;
+use longctx_io::gguf::{GgmlType, GgufFile};
 
 use crate::config::{Family, LayerType, TransformerConfig};
 use crate::model::Transformer;
@@ -62,6 +63,17 @@ pub fn unpermute_qk_rows(data: &[f32], rows: usize, cols: usize, n_heads: usize)
         }
     }
     out
+}
+
+/// The GGUF row that [`unpermute_qk_rows`] moves to row `row` of a `[rows, _]` matrix of
+/// `n_heads` heads, for reordering whole rows of blocks the same way. `rows` must be
+/// `n_heads` times an even head dimension.
+pub fn qk_source_row(row: usize, rows: usize, n_heads: usize) -> usize {
+    let d = rows / n_heads;
+    let half = d / 2;
+    let (h, r) = (row / d, row % d);
+    let (s, i) = (r / half, r % half);
+    h * d + 2 * i + s
 }
 
 /// llama.cpp's period of global layers in `gemma3` (`hparams.set_swa_pattern(6)`).
@@ -234,6 +246,19 @@ impl HostTensors for GgufFile {
         }
         self.dequantize_f32(name).map_err(io_err)
     }
+    fn quant_blocks(&self, name: &str) -> Option<(QuantFormat, &[u8])> {
+        let info = self.tensor_info(name).ok()?;
+        let format = match info.ggml_type() {
+            GgmlType::Q4_0 => QuantFormat::Q4_0,
+            GgmlType::Q4_1 => QuantFormat::Q4_1,
+            GgmlType::Q8_0 => QuantFormat::Q8_0,
+            _ => return None,
+        };
+        if info.shape_ggml().len() != 2 {
+            return None;
+        }
+        Some((format, self.tensor_bytes(name).ok()?))
+    }
 }
 
 /// llama.cpp's tensor names (`blk.N.attn_q.weight`, ...).
@@ -351,6 +376,20 @@ mod tests {
         assert_eq!(unpermute_qk_rows(&p, rows, cols, heads), data);
         // Columns travel with their row.
         assert_eq!(&p[3..6], &data[9..12]); // gguf row 1 = hf row 3 (h0, s=1, i=0)
+    }
+
+    #[test]
+    fn qk_source_rows_reorder_like_unpermute() {
+        let (rows, cols, heads) = (24, 2, 3);
+        let data: Vec<f32> = (0..rows * cols).map(|x| x as f32).collect();
+        let want = unpermute_qk_rows(&data, rows, cols, heads);
+        for row in 0..rows {
+            let src = qk_source_row(row, rows, heads);
+            assert_eq!(
+                &want[row * cols..(row + 1) * cols],
+                &data[src * cols..(src + 1) * cols]
+            );
+        }
     }
 
     #[test]

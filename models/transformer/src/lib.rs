@@ -21,7 +21,7 @@ mod weights;
 
 pub use attention::attend;
 pub use config::{Family, LayerType, TransformerConfig};
-pub use model::{LayerWeights, Transformer};
+pub use model::{LayerWeights, QuantLinears, Transformer};
 pub use pretrained::{Gemma3_270m, LocalModel, SmolLm2};
 pub use rope::{Rope, RopeScaling, RopeSpec};
 pub use tiny::TinyModel;

@@ -1,4 +1,8 @@
+use std::sync::Arc;
+
 use burn::tensor::{activation::silu, backend::Backend, DType, Int, Tensor, TensorData};
+use longctx_cpu_kernels::flex::{flex_quant_matmul, flex_skinny_matmul, is_flex};
+use longctx_cpu_kernels::QuantMatrix;
 
 use longctx_core::{
     AttentionObservation, CausalLm, Error, LogitsSelection, ModelInfo, Result, SequenceState,
@@ -40,6 +44,40 @@ pub struct LayerWeights<B: Backend> {
     pub w_up: Tensor<B, 2>,
     /// `[intermediate, hidden]`
     pub w_down: Tensor<B, 2>,
+    /// The GGUF blocks of the linear weights, for decode steps on the CPU (see
+    /// [`QuantLinears`]); empty unless loaded from GGUF onto flex.
+    pub quant: QuantLinears,
+}
+
+/// Linear weights kept as their GGUF blocks (`[out, in]`, blocks along `in`: the transpose
+/// of the f32 tensors beside them) when the file stores them as Q4_0, Q4_1 or Q8_0 and the
+/// model runs on flex with the CPU kernels on. Products of at most four rows (decode steps)
+/// read these instead of the f32 weights: 4-7 times fewer bytes, the same weight values
+/// (exact up to summation order). Prefill keeps the f32 GEMM.
+#[derive(Clone, Debug, Default)]
+pub struct QuantLinears {
+    pub wq: Option<Arc<QuantMatrix>>,
+    pub wk: Option<Arc<QuantMatrix>>,
+    pub wv: Option<Arc<QuantMatrix>>,
+    pub wo: Option<Arc<QuantMatrix>>,
+    pub w_gate: Option<Arc<QuantMatrix>>,
+    pub w_up: Option<Arc<QuantMatrix>>,
+    pub w_down: Option<Arc<QuantMatrix>>,
+}
+
+impl QuantLinears {
+    /// The packed weights present, with their names.
+    fn named(&self) -> [(&'static str, Option<&QuantMatrix>); 7] {
+        [
+            ("wq", self.wq.as_deref()),
+            ("wk", self.wk.as_deref()),
+            ("wv", self.wv.as_deref()),
+            ("wo", self.wo.as_deref()),
+            ("w_gate", self.w_gate.as_deref()),
+            ("w_up", self.w_up.as_deref()),
+            ("w_down", self.w_down.as_deref()),
+        ]
+    }
 }
 
 impl<B: Backend> LayerWeights<B> {
@@ -71,6 +109,7 @@ impl<B: Backend> LayerWeights<B> {
             w_gate,
             w_up,
             w_down,
+            quant: QuantLinears::default(),
         }
     }
 }
@@ -87,6 +126,10 @@ pub struct Transformer<B: Backend> {
     pub final_norm: Tensor<B, 1>,
     /// `[hidden, vocab]`
     pub lm_head: Tensor<B, 2>,
+    /// `lm_head` as GGUF blocks `[vocab, hidden]` (see [`QuantLinears`]).
+    lm_head_quant: Option<Arc<QuantMatrix>>,
+    /// Whether decode steps use the GGUF blocks where present (default on).
+    quantized_decode: bool,
     /// RoPE of global layers, and of local layers unless `local_rope` is set.
     rope: Rope,
     /// RoPE of local layers when their base differs (Gemma-3).
@@ -108,12 +151,21 @@ fn widened<B: Backend>(w: &Tensor<B, 1>) -> Tensor<B, 1> {
 }
 
 /// `x @ w` for f32 `x` `[T, in]` and `w` `[in, out]` in its stored dtype; returns f32 `[T, out]`.
-fn matmul<B: Backend>(x: Tensor<B, 2>, w: &Tensor<B, 2>) -> Tensor<B, 2> {
+/// `packed` is `w`'s GGUF blocks (`[out, in]`), used for decode steps when present.
+fn matmul<B: Backend>(
+    x: Tensor<B, 2>,
+    w: &Tensor<B, 2>,
+    packed: Option<&QuantMatrix>,
+) -> Tensor<B, 2> {
     let dtype = w.dtype();
     if dtype == DType::F32 {
-        // Decode steps on the CPU: one pass over the weight instead of flex's GEMM.
-        if longctx_cpu_kernels::flex::is_flex::<B>() {
-            if let Some(y) = longctx_cpu_kernels::flex::flex_skinny_matmul(&x, w) {
+        // Decode steps on the CPU: one pass over the weight instead of flex's GEMM, over the
+        // quantized blocks when there are any.
+        if is_flex::<B>() {
+            if let Some(y) = packed.and_then(|p| flex_quant_matmul(&x, p)) {
+                return y;
+            }
+            if let Some(y) = flex_skinny_matmul(&x, w) {
                 return y;
             }
         }
@@ -145,8 +197,13 @@ fn gelu_tanh<B: Backend>(x: Tensor<B, 2>) -> Tensor<B, 2> {
 }
 
 /// `x @ w (+ b)` for `x` `[T, in]`, `w` `[in, out]`, `b` `[out]`.
-fn linear<B: Backend>(x: Tensor<B, 2>, w: &Tensor<B, 2>, b: Option<&Tensor<B, 1>>) -> Tensor<B, 2> {
-    let y = matmul(x, w);
+fn linear<B: Backend>(
+    x: Tensor<B, 2>,
+    w: &Tensor<B, 2>,
+    packed: Option<&QuantMatrix>,
+    b: Option<&Tensor<B, 1>>,
+) -> Tensor<B, 2> {
+    let y = matmul(x, w, packed);
     match b {
         Some(b) => y + widened(b).unsqueeze::<2>(),
         None => y,
@@ -229,6 +286,13 @@ impl<B: Backend> Transformer<B> {
             if let Some(bo) = &l.o_bias {
                 check(name("o_bias"), bo.dims().to_vec(), vec![h])?;
             }
+            let want_packed = [(q, h), (kv, h), (kv, h), (h, q), (f, h), (f, h), (h, f)];
+            for ((w, packed), (out, inp)) in l.quant.named().into_iter().zip(want_packed) {
+                if let Some(p) = packed {
+                    let what = name(&format!("quant.{w}"));
+                    check(what, vec![p.rows(), p.cols()], vec![out, inp])?;
+                }
+            }
             presence(name("qk_norm"), l.qk_norm.is_some(), gemma)?;
             if let Some([qn, kn]) = &l.qk_norm {
                 check(name("q_norm"), qn.dims().to_vec(), vec![d])?;
@@ -265,10 +329,49 @@ impl<B: Backend> Transformer<B> {
             layers,
             final_norm,
             lm_head,
+            lm_head_quant: None,
+            quantized_decode: true,
             rope,
             local_rope,
             device,
         })
+    }
+
+    /// Sets the GGUF blocks of `lm_head` (`[vocab, hidden]`) used for decode steps.
+    pub fn with_quantized_lm_head(mut self, packed: Option<Arc<QuantMatrix>>) -> Result<Self> {
+        if let Some(p) = &packed {
+            let want = [self.config.vocab_size, self.config.hidden_size];
+            if [p.rows(), p.cols()] != want {
+                return Err(Error::InvalidInput(format!(
+                    "quantized lm_head is [{}, {}], expected {want:?}",
+                    p.rows(),
+                    p.cols()
+                )));
+            }
+        }
+        self.lm_head_quant = packed;
+        Ok(self)
+    }
+
+    /// Turns the quantized decode products on (the default) or off; off, decode steps use
+    /// the f32 weights, which only changes the order of float sums.
+    pub fn set_quantized_decode(&mut self, on: bool) {
+        self.quantized_decode = on;
+    }
+
+    /// `(count, bytes)` of the packed weights kept for decode steps (layers and `lm_head`).
+    pub fn quantized_weights(&self) -> (usize, usize) {
+        self.layers
+            .iter()
+            .flat_map(|l| l.quant.named().map(|(_, p)| p))
+            .chain([self.lm_head_quant.as_deref()])
+            .flatten()
+            .fold((0, 0), |(n, bytes), p| (n + 1, bytes + p.data().len()))
+    }
+
+    /// The packed copy of a weight, if decode steps are to use it.
+    fn packed<'a>(&self, p: &'a Option<Arc<QuantMatrix>>) -> Option<&'a QuantMatrix> {
+        p.as_deref().filter(|_| self.quantized_decode)
     }
 
     /// Splits `[T, H * D]` into heads `[1, H, T, D]`.
@@ -338,9 +441,10 @@ impl<B: Backend> CausalLm<B> for Transformer<B> {
                 Some([bq, bk, bv]) => [Some(bq), Some(bk), Some(bv)],
                 None => [None, None, None],
             };
-            let mut q = linear(h.clone(), &layer.wq, bq);
-            let mut k = linear(h.clone(), &layer.wk, bk);
-            let v = linear(h, &layer.wv, bv);
+            let pk = &layer.quant;
+            let mut q = linear(h.clone(), &layer.wq, self.packed(&pk.wq), bq);
+            let mut k = linear(h.clone(), &layer.wk, self.packed(&pk.wk), bk);
+            let v = linear(h, &layer.wv, self.packed(&pk.wv), bv);
             if let Some([qn, kn]) = &layer.qk_norm {
                 q = head_norm(q, qn, c.rms_norm_eps);
                 k = head_norm(k, kn, c.rms_norm_eps);
@@ -373,21 +477,22 @@ impl<B: Backend> CausalLm<B> for Transformer<B> {
                 .output
                 .swap_dims(1, 2)
                 .reshape([t, c.n_heads * c.head_dim]);
-            let mut out = linear(out, &layer.wo, layer.o_bias.as_ref());
+            let wo = self.packed(&pk.wo);
+            let mut out = linear(out, &layer.wo, wo, layer.o_bias.as_ref());
             if let Some(norm) = &layer.post_attn_norm {
                 out = rms_norm(out, norm, c.rms_norm_eps);
             }
             x = x + out;
 
             let h = rms_norm(x.clone(), &layer.mlp_norm, c.rms_norm_eps);
-            let gate = matmul(h.clone(), &layer.w_gate);
+            let gate = matmul(h.clone(), &layer.w_gate, self.packed(&pk.w_gate));
             let gate = if gemma {
                 gelu_tanh(gate)
             } else {
                 longctx_cpu_kernels::flex::flex_silu(gate).unwrap_or_else(silu)
             };
-            let up = matmul(h, &layer.w_up);
-            let mut out = matmul(gate * up, &layer.w_down);
+            let up = matmul(h, &layer.w_up, self.packed(&pk.w_up));
+            let mut out = matmul(gate * up, &layer.w_down, self.packed(&pk.w_down));
             if let Some(norm) = &layer.post_mlp_norm {
                 out = rms_norm(out, norm, c.rms_norm_eps);
             }
@@ -400,7 +505,7 @@ impl<B: Backend> CausalLm<B> for Transformer<B> {
             LogitsSelection::All => x,
         };
         let x = rms_norm(x, &self.final_norm, c.rms_norm_eps);
-        let logits = matmul(x, &self.lm_head);
+        let logits = matmul(x, &self.lm_head, self.packed(&self.lm_head_quant));
         Ok(match c.final_logit_softcap {
             Some(cap) => (logits / cap).tanh() * cap,
             None => logits,

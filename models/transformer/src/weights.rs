@@ -3,12 +3,14 @@
 //! each weight.
 
 use std::path::Path;
+use std::sync::Arc;
 
 use burn::tensor::{backend::Backend, DType, Tensor, TensorCreationOptions, TensorData};
 use longctx_core::{Error, Result};
+use longctx_cpu_kernels::{QuantFormat, QuantMatrix};
 
 use crate::config::{Family, TransformerConfig};
-use crate::model::{LayerWeights, Transformer};
+use crate::model::{LayerWeights, QuantLinears, Transformer};
 
 /// The element type weights are stored in on the device (`--model-param dtype=`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -52,6 +54,11 @@ pub(crate) trait HostTensors {
     fn contains(&self, name: &str) -> bool;
     /// The tensor `name` in row-major order; its shape must be `want`.
     fn read(&self, name: &str, want: &[usize]) -> Result<Vec<f32>>;
+    /// The raw blocks of the 2-D tensor `name` (row-major `[rows, cols]`, blocks along
+    /// `cols`) when it is stored in a format the quantized decode kernels read.
+    fn quant_blocks(&self, _name: &str) -> Option<(QuantFormat, &[u8])> {
+        None
+    }
 }
 
 /// One weight of a decoder layer.
@@ -166,6 +173,24 @@ pub(crate) fn build<B: Backend>(
         }
         Ok::<_, Error>(up.tensor(transpose(&v, out_dim, in_dim), [in_dim, out_dim]))
     };
+    // The GGUF blocks beside the f32 weights, for decode steps on flex (f32 weights only:
+    // the f16/bf16 paths keep burn's matmul). Called after `linear`/`read` checked the shape.
+    let packs = dtype == WeightDtype::F32 && longctx_cpu_kernels::flex::is_flex::<B>();
+    let packed = |name: &str, out_dim: usize, in_dim: usize, qk_heads: Option<usize>| {
+        if !packs {
+            return None;
+        }
+        let (format, bytes) = src.quant_blocks(name)?;
+        // A tensor the kernels cannot take (e.g. rows not whole blocks) keeps the f32 path.
+        let mut p = QuantMatrix::new(format, out_dim, in_dim, bytes.to_vec()).ok()?;
+        if let (Some(heads), true) = (qk_heads, layout.unpermute_qk) {
+            // Whole rows move, as in `unpermute_qk_rows`.
+            p = p
+                .permute_rows(|row| crate::gguf::qk_source_row(row, out_dim, heads))
+                .ok()?;
+        }
+        Some(Arc::new(p))
+    };
 
     let embed_host = src.read(layout.embed, &[vocab, h])?;
     let lm_head_host = if src.contains(layout.lm_head) {
@@ -196,6 +221,11 @@ pub(crate) fn build<B: Backend>(
     };
     let embed = up.tensor(embed_host, [vocab, h]);
     let lm_head = up.tensor(lm_head_host, [h, vocab]);
+    let lm_head_quant = if src.contains(layout.lm_head) {
+        packed(layout.lm_head, vocab, h, None)
+    } else {
+        packed(layout.embed, vocab, h, None)
+    };
 
     let gemma = c.family == Family::Gemma3;
     let mut layers = Vec::with_capacity(c.n_layers);
@@ -240,9 +270,19 @@ pub(crate) fn build<B: Backend>(
             w_gate: linear(&n(Part::Gate), f, h, None)?,
             w_up: linear(&n(Part::Up), f, h, None)?,
             w_down: linear(&n(Part::Down), h, f, None)?,
+            quant: QuantLinears {
+                wq: packed(&n(Part::Q), q, h, Some(c.n_heads)),
+                wk: packed(&n(Part::K), kv, h, Some(c.n_kv_heads)),
+                wv: packed(&n(Part::V), kv, h, None),
+                wo: packed(&n(Part::O), h, q, None),
+                w_gate: packed(&n(Part::Gate), f, h, None),
+                w_up: packed(&n(Part::Up), f, h, None),
+                w_down: packed(&n(Part::Down), h, f, None),
+            },
         });
     }
     let final_norm = norm(layout.final_norm, h)?;
     Transformer::new(config, name, embed, layers, final_norm, lm_head)
+        .and_then(|m| m.with_quantized_lm_head(lm_head_quant))
         .map_err(|e| Error::file(src.path(), e.to_string()))
 }

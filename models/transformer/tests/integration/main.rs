@@ -9,4 +9,5 @@ mod gemma3_gguf;
 mod gguf_llama;
 mod gguf_reference;
 mod hf_parity;
+mod quant_decode;
 mod smollm2;
