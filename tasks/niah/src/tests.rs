@@ -1,8 +1,14 @@
 use super::*;
 use longctx_core::{ByteTokenizer, RawParams};
 
-/// A directory of two small essays, made once per test process.
+/// A directory of two small essays, made once per test process (a `OnceLock`, so parallel tests
+/// never read a file while another test rewrites it).
 fn essays_dir() -> PathBuf {
+    static DIR: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
+    DIR.get_or_init(write_essays_dir).clone()
+}
+
+fn write_essays_dir() -> PathBuf {
     let dir = std::env::temp_dir().join(format!("longctx-niah-essays-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     std::fs::write(dir.join("b.txt"), "Startups grow.\n\nThey  die too. ").unwrap();

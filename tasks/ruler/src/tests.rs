@@ -3,11 +3,16 @@ use longctx_core::{ByteTokenizer, RawParams};
 use std::path::Path;
 
 /// Temporary essays, word lists and QA files, made once per test process.
+///
+/// Tests run on parallel threads: a `OnceLock` makes one of them write the files while the
+/// others wait, so no test reads a file another is still truncating and rewriting.
 fn data_dir() -> PathBuf {
+    static DIR: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
+    DIR.get_or_init(write_data_dir).clone()
+}
+
+fn write_data_dir() -> PathBuf {
     let dir = std::env::temp_dir().join(format!("longctx-ruler-data-{}", std::process::id()));
-    if dir.join("done").exists() {
-        return dir;
-    }
     std::fs::create_dir_all(dir.join("essays")).unwrap();
     std::fs::create_dir_all(dir.join("words")).unwrap();
     std::fs::write(
@@ -42,7 +47,6 @@ fn data_dir() -> PathBuf {
              .collect::<Vec<_>>()}
     ]);
     std::fs::write(dir.join("hotpot.json"), hotpot.to_string()).unwrap();
-    std::fs::write(dir.join("done"), "").unwrap();
     dir
 }
 
