@@ -96,6 +96,23 @@ fn position_mask<B: Backend>(
     mask.reshape([1, 1, t, s])
 }
 
+/// The `scale` option for burn's `attention` on the unmasked paths: `None` when `scale` is
+/// the default `D^-0.5`, so burn's CubeCL backends (CUDA, WGPU) may take their flash kernel,
+/// which they skip whenever a scale is given, falling back to about twelve separate kernels
+/// that hold the whole `[T, S]` score matrix. The flash kernel aligns its causal mask at the
+/// top-left corner, burn's fallback at the bottom-right; they agree only when the queries
+/// are the whole view (`T = S`, a prefill from empty) or there is no causal mask (`T = 1`),
+/// so chunked prefills keep the explicit scale and the fallback.
+fn flash_scale(scale: f64, head_dim: usize, t: usize, s: usize) -> Option<f64> {
+    let default = 1.0 / (head_dim as f64).sqrt();
+    let aligned = t == 1 || t == s;
+    if aligned && scale == default {
+        None
+    } else {
+        Some(scale)
+    }
+}
+
 /// Repeats `[1, H_kv, S, D]` to `[1, H_kv * groups, S, D]` (grouped-query attention).
 fn repeat_kv<B: Backend>(x: Tensor<B, 4>, groups: usize) -> Tensor<B, 4> {
     if groups == 1 {
@@ -188,7 +205,7 @@ pub fn attend<B: Backend>(
 
     if !needs.attention_weights && (plain || padded_decode) {
         let options = AttentionModuleOptions {
-            scale: Some(scale),
+            scale: flash_scale(scale, d, t, view.len()),
             softcap: None,
             is_causal: t > 1,
         };
@@ -307,6 +324,14 @@ fn decode_with_weights<B: Backend>(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn default_scale_is_left_to_the_backend_only_where_the_causal_corners_agree() {
+        assert_eq!(flash_scale(0.125, 64, 1, 900), None);
+        assert_eq!(flash_scale(0.125, 64, 900, 900), None);
+        assert_eq!(flash_scale(0.125, 64, 100, 900), Some(0.125)); // chunked prefill
+        assert_eq!(flash_scale(0.0625, 64, 1, 900), Some(0.0625)); // Gemma-style scalar
+    }
 
     #[test]
     fn plain_causal_detects_standard_layouts() {

@@ -449,15 +449,13 @@ impl<B: Backend> CausalLm<B> for Transformer<B> {
                 q = head_norm(q, qn, c.rms_norm_eps);
                 k = head_norm(k, kn, c.rms_norm_eps);
             }
-            let q = Self::heads(q, c.n_heads, c.head_dim);
-            let k = Self::heads(k, c.n_kv_heads, c.head_dim);
-            let v = Self::heads(v, c.n_kv_heads, c.head_dim);
-            let (cos, sin) = match (&local_tables, c.layer_types[i]) {
+            let (cos2, sin_signed) = match (&local_tables, c.layer_types[i]) {
                 (Some(local), LayerType::Local) => local,
                 _ => &global_tables,
             };
-            let q = Rope::apply(q, cos, sin);
-            let k = Rope::apply(k, cos, sin);
+            let q = Self::heads(Rope::apply(q, cos2, sin_signed), c.n_heads, c.head_dim);
+            let k = Self::heads(Rope::apply(k, cos2, sin_signed), c.n_kv_heads, c.head_dim);
+            let v = Self::heads(v, c.n_kv_heads, c.head_dim);
 
             let cache = state.cache_mut(i)?;
             cache.append(k, v, positions)?;
