@@ -114,6 +114,49 @@ impl<B: Backend> LayerWeights<B> {
     }
 }
 
+/// One layer's projections that read the same input, concatenated along their outputs so a
+/// GPU backend runs one product where it ran three (q, k, v) or two (gate, up): decode steps
+/// there are bound by launches, not arithmetic. Built at load for every backend but flex,
+/// whose decode products read the GGUF blocks per projection instead.
+#[derive(Clone, Debug)]
+struct MergedProjections<B: Backend> {
+    /// `[hidden, (H_q + 2 H_kv) D]`: `wq | wk | wv`.
+    qkv: Tensor<B, 2>,
+    /// `[(H_q + 2 H_kv) D]`: present iff `config.qkv_bias`.
+    qkv_bias: Option<Tensor<B, 1>>,
+    /// `[hidden, 2 F]`: `w_gate | w_up`.
+    gate_up: Tensor<B, 2>,
+}
+
+impl<B: Backend> MergedProjections<B> {
+    /// Concatenates `layer`'s projections, then points the layer's own `wq`, `wk`, `wv`,
+    /// `w_gate` and `w_up` at column slices of the merged tensors, so the separate copies are
+    /// dropped (the fields keep their values for anything that reads them).
+    fn merge(layer: &mut LayerWeights<B>) -> Self {
+        let (q, kv) = (layer.wq.dims()[1], layer.wk.dims()[1]);
+        let (hidden, f) = (layer.w_gate.dims()[0], layer.w_gate.dims()[1]);
+        let qkv = Tensor::cat(
+            vec![layer.wq.clone(), layer.wk.clone(), layer.wv.clone()],
+            1,
+        );
+        let gate_up = Tensor::cat(vec![layer.w_gate.clone(), layer.w_up.clone()], 1);
+        layer.wq = qkv.clone().slice([0..hidden, 0..q]);
+        layer.wk = qkv.clone().slice([0..hidden, q..q + kv]);
+        layer.wv = qkv.clone().slice([0..hidden, q + kv..q + 2 * kv]);
+        layer.w_gate = gate_up.clone().slice([0..hidden, 0..f]);
+        layer.w_up = gate_up.clone().slice([0..hidden, f..2 * f]);
+        let qkv_bias = layer
+            .qkv_bias
+            .as_ref()
+            .map(|[bq, bk, bv]| Tensor::cat(vec![bq.clone(), bk.clone(), bv.clone()], 0));
+        Self {
+            qkv,
+            qkv_bias,
+            gate_up,
+        }
+    }
+}
+
 /// A decoder-only transformer of the Llama or Gemma-3 family.
 #[derive(Debug)]
 pub struct Transformer<B: Backend> {
@@ -134,6 +177,8 @@ pub struct Transformer<B: Backend> {
     rope: Rope,
     /// RoPE of local layers when their base differs (Gemma-3).
     local_rope: Option<Rope>,
+    /// Per layer, the merged projections the GPU backends use (empty on flex).
+    merged: Vec<MergedProjections<B>>,
     device: B::Device,
 }
 
@@ -322,6 +367,12 @@ impl<B: Backend> Transformer<B> {
         let rope = Rope::from_spec(&c.global_rope_spec());
         let local_rope = c.local_rope_spec().map(|spec| Rope::from_spec(&spec));
         let device = embed.device();
+        let mut layers = layers;
+        let merged = if is_flex::<B>() {
+            Vec::new()
+        } else {
+            layers.iter_mut().map(MergedProjections::merge).collect()
+        };
         Ok(Self {
             config,
             info,
@@ -333,6 +384,7 @@ impl<B: Backend> Transformer<B> {
             quantized_decode: true,
             rope,
             local_rope,
+            merged,
             device,
         })
     }
@@ -442,9 +494,23 @@ impl<B: Backend> CausalLm<B> for Transformer<B> {
                 None => [None, None, None],
             };
             let pk = &layer.quant;
-            let mut q = linear(h.clone(), &layer.wq, self.packed(&pk.wq), bq);
-            let mut k = linear(h.clone(), &layer.wk, self.packed(&pk.wk), bk);
-            let v = linear(h, &layer.wv, self.packed(&pk.wv), bv);
+            let merged = self.merged.get(i);
+            let (mut q, mut k, v) = match merged {
+                Some(m) => {
+                    let qkv = linear(h, &m.qkv, None, m.qkv_bias.as_ref());
+                    let (qw, kw) = (c.n_heads * c.head_dim, c.n_kv_heads * c.head_dim);
+                    (
+                        qkv.clone().slice([0..t, 0..qw]),
+                        qkv.clone().slice([0..t, qw..qw + kw]),
+                        qkv.slice([0..t, qw + kw..qw + 2 * kw]),
+                    )
+                }
+                None => (
+                    linear(h.clone(), &layer.wq, self.packed(&pk.wq), bq),
+                    linear(h.clone(), &layer.wk, self.packed(&pk.wk), bk),
+                    linear(h, &layer.wv, self.packed(&pk.wv), bv),
+                ),
+            };
             if let Some([qn, kn]) = &layer.qk_norm {
                 q = head_norm(q, qn, c.rms_norm_eps);
                 k = head_norm(k, kn, c.rms_norm_eps);
@@ -483,13 +549,25 @@ impl<B: Backend> CausalLm<B> for Transformer<B> {
             x = x + out;
 
             let h = rms_norm(x.clone(), &layer.mlp_norm, c.rms_norm_eps);
-            let gate = matmul(h.clone(), &layer.w_gate, self.packed(&pk.w_gate));
+            let (gate, up) = match merged {
+                Some(m) => {
+                    let f = c.intermediate_size;
+                    let gate_up = matmul(h, &m.gate_up, None);
+                    (
+                        gate_up.clone().slice([0..t, 0..f]),
+                        gate_up.slice([0..t, f..2 * f]),
+                    )
+                }
+                None => (
+                    matmul(h.clone(), &layer.w_gate, self.packed(&pk.w_gate)),
+                    matmul(h, &layer.w_up, self.packed(&pk.w_up)),
+                ),
+            };
             let gate = if gemma {
                 gelu_tanh(gate)
             } else {
                 longctx_cpu_kernels::flex::flex_silu(gate).unwrap_or_else(silu)
             };
-            let up = matmul(h, &layer.w_up, self.packed(&pk.w_up));
             let mut out = matmul(gate * up, &layer.w_down, self.packed(&pk.w_down));
             if let Some(norm) = &layer.post_mlp_norm {
                 out = rms_norm(out, norm, c.rms_norm_eps);
