@@ -17,8 +17,7 @@ use longctx_engine::{
 use longctx_kvquant::testing::{tiny_model, tokens, wgpu_available};
 use longctx_method_full::FullCache;
 
-mod common;
-use common::method;
+use crate::common::method;
 
 const EVICTION_METHODS: [&str; 8] = [
     "streaming-llm",

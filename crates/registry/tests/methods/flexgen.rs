@@ -112,7 +112,7 @@ fn flexgen_through_the_runner() {
     );
 }
 
-/// Opt-in: `LONGCTX_CUDA_TESTS=1 cargo test --release -p longctx-registry --features cuda --test quant_methods` on a GPU machine.
+/// Opt-in: `LONGCTX_CUDA_TESTS=1 cargo test --release -p longctx-registry --features cuda --test methods` on a GPU machine.
 /// Observed on an H200 (2026-11-28): FAILS, cuda vs flex logits differ by 5.3e-3 with quantize_prefill while the
 /// kvquant cache tests pass on CUDA exactly. CUDA's f32 matmuls run in TF32
 /// (`results/backends/parity-ndarray-wgpu-cuda-h100.json`), and that noise can flip low-bit

@@ -231,7 +231,7 @@ fn bad_parameters_are_errors() {
     );
 }
 
-/// Opt-in: `LONGCTX_CUDA_TESTS=1 cargo test --release -p longctx-registry --features cuda --test quant_methods` on a GPU machine.
+/// Opt-in: `LONGCTX_CUDA_TESTS=1 cargo test --release -p longctx-registry --features cuda --test methods` on a GPU machine.
 /// Observed on an H200 (2026-11-28): FAILS, cuda vs flex logits differ by 8.3e-3 at 2 bits while the
 /// kvquant cache tests pass on CUDA exactly. CUDA's f32 matmuls run in TF32
 /// (`results/backends/parity-ndarray-wgpu-cuda-h100.json`), and that noise can flip low-bit
