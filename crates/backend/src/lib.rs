@@ -19,6 +19,10 @@ use longctx_core::{Error, Result};
 /// The CUDA backend type (built with the `cuda` feature).
 #[cfg(feature = "cuda")]
 pub type CudaBackend = burn::backend::Cuda<f32, i32>;
+/// burn's CUDA backend without burn-fusion (`LONGCTX_CUDA_FUSION=0`): every operation is
+/// launched as it is called, with no recording or fusion search on the host.
+#[cfg(feature = "cuda")]
+pub type CudaUnfusedBackend = burn_cubecl::CubeBackend<cubecl::cuda::CudaRuntime, f32, i32, u8>;
 /// The WGPU backend type.
 pub type WgpuBackend = burn::backend::Wgpu<f32, i32>;
 /// The flex CPU backend type.
@@ -238,19 +242,42 @@ pub fn run_on<J: BackendJob>(kind: BackendKind, job: J) -> Result<J::Output> {
     }
 }
 
-/// The CUDA arm of [`run_on`].
+/// Whether the CUDA backend runs through burn-fusion: yes unless the environment variable
+/// `LONGCTX_CUDA_FUSION` is `0`, `off` or `false`.
+#[cfg(any(feature = "cuda", test))]
+fn cuda_fusion_wanted(value: Option<&str>) -> bool {
+    !matches!(
+        value.map(|v| v.trim().to_ascii_lowercase()).as_deref(),
+        Some("0" | "off" | "false")
+    )
+}
+
+/// The CUDA arm of [`run_on`]: burn's fused CUDA backend, or the unfused one (see
+/// [`cuda_fusion_wanted`]); the record's `burn_name` says which ran.
 #[cfg(feature = "cuda")]
 fn run_on_cuda<J: BackendJob>(job: J, unusable: impl Fn(String) -> Error) -> Result<J::Output> {
+    fn go<B: Backend, J: BackendJob>(
+        device: B::Device,
+        job: J,
+        unusable: impl Fn(String) -> Error,
+    ) -> Result<J::Output> {
+        smoke_test::<B>(&device).map_err(|m| {
+            unusable(format!("no usable NVIDIA GPU ({m}); the CUDA backend needs an NVIDIA driver (libcuda) and a GPU"))
+        })?;
+        let info = BackendInfo {
+            kind: BackendKind::Cuda,
+            burn_name: B::name(&device),
+            device: nvidia_gpu_name().unwrap_or_else(|| "NVIDIA GPU 0".into()),
+        };
+        Ok(job.run::<B>(device, info))
+    }
     let device = burn::backend::cuda::CudaDevice::default();
-    smoke_test::<CudaBackend>(&device).map_err(|m| {
-        unusable(format!("no usable NVIDIA GPU ({m}); the CUDA backend needs an NVIDIA driver (libcuda) and a GPU"))
-    })?;
-    let info = BackendInfo {
-        kind: BackendKind::Cuda,
-        burn_name: CudaBackend::name(&device),
-        device: nvidia_gpu_name().unwrap_or_else(|| "NVIDIA GPU 0".into()),
-    };
-    Ok(job.run::<CudaBackend>(device, info))
+    let fusion = std::env::var("LONGCTX_CUDA_FUSION").ok();
+    if cuda_fusion_wanted(fusion.as_deref()) {
+        go::<CudaBackend, J>(device, job, unusable)
+    } else {
+        go::<CudaUnfusedBackend, J>(device, job, unusable)
+    }
 }
 
 /// Without the `cuda` feature the CUDA backend is not in the binary: say how to get it.
@@ -292,6 +319,15 @@ mod tests {
             (6.5, DEFAULT_CPU.name().to_string())
         );
         assert_eq!(run_on(BackendKind::Ndarray, Sum).unwrap().0, 6.5);
+    }
+
+    #[test]
+    fn cuda_fusion_is_on_unless_switched_off() {
+        assert!(cuda_fusion_wanted(None));
+        assert!(cuda_fusion_wanted(Some("1")));
+        for off in ["0", "off", "FALSE", " false "] {
+            assert!(!cuda_fusion_wanted(Some(off)), "{off}");
+        }
     }
 
     /// CI has no NVIDIA GPU: asking for CUDA must be a clear error, not a panic.

@@ -42,6 +42,11 @@ pub struct PerfRow {
     pub decode_tokens: usize,
     pub prefill_tokens_per_s: f64,
     pub decode_tokens_per_s: f64,
+    /// Milliseconds per decode step spent inside the model's `forward` (recording and
+    /// launching work) in the best decode run; the rest of a step waits for the device. Near
+    /// `1000 / decode_tokens_per_s` means decode is bound by the host, not the GPU.
+    #[serde(default)]
+    pub decode_forward_ms_per_token: f64,
     /// Peak memory while processing this length (see `peak_memory_kind`).
     pub peak_memory_bytes: Option<u64>,
     pub peak_memory_kind: String,
@@ -115,6 +120,7 @@ impl BackendJob for PerfJob {
             memory.reset();
             let mut best_prefill = f64::INFINITY;
             let mut best_decode = f64::INFINITY;
+            let mut forward_ms = 0.0;
             let mut kv_bytes = 0;
             // The first run is a warm-up: kernel compilation and autotuning on GPUs.
             for run in 0..=cfg.repeats {
@@ -132,12 +138,17 @@ impl BackendJob for PerfJob {
                     continue;
                 }
                 best_prefill = best_prefill.min(result.prefill_seconds);
-                best_decode = best_decode
-                    .min(result.decode_seconds.max(1e-9) / result.decode_steps.max(1) as f64);
+                let steps = result.decode_steps.max(1) as f64;
+                let per_step = result.decode_seconds.max(1e-9) / steps;
+                if per_step < best_decode {
+                    best_decode = per_step;
+                    forward_ms = 1e3 * result.decode_forward_seconds / steps;
+                }
                 kv_bytes = result.state_bytes_end.iter().sum();
                 eprintln!(
-                    "  {n} tokens, run {run}: prefill {:.3}s, decode {} steps {:.3}s, total {total:.3}s",
-                    result.prefill_seconds, result.decode_steps, result.decode_seconds
+                    "  {n} tokens, run {run}: prefill {:.3}s, decode {} steps {:.3}s (in forward {:.3}s), total {total:.3}s",
+                    result.prefill_seconds, result.decode_steps, result.decode_seconds,
+                    result.decode_forward_seconds
                 );
             }
             let row = PerfRow {
@@ -145,6 +156,7 @@ impl BackendJob for PerfJob {
                 decode_tokens: cfg.decode_tokens,
                 prefill_tokens_per_s: n as f64 / best_prefill,
                 decode_tokens_per_s: 1.0 / best_decode,
+                decode_forward_ms_per_token: forward_ms,
                 peak_memory_bytes: memory.peak(),
                 peak_memory_kind: memory.kind().into(),
                 kv_bytes,

@@ -59,6 +59,12 @@ pub struct GenerationResult {
     pub prefill_seconds: f64,
     /// All decode forward passes.
     pub decode_seconds: f64,
+    /// The part of `decode_seconds` spent inside the model's `forward` calls. On a GPU backend
+    /// `forward` only records and launches kernels and the wait for them falls in the token
+    /// choice that reads the logits back, so this is the host's share of a decode step: near
+    /// `decode_seconds` when launching, not computing, is what bounds decode speed.
+    #[serde(default)]
+    pub decode_forward_seconds: f64,
     /// Number of decode forward passes (generated tokens after the first).
     pub decode_steps: usize,
     /// Time spent inside `compress` calls (also counted in prefill or decode time).
@@ -438,6 +444,7 @@ pub(crate) fn continue_sequence<B: Backend>(
     let start = Instant::now();
     let mut tokens = Vec::with_capacity(config.max_new_tokens);
     let mut decode_steps = 0;
+    let mut decode_forward_seconds = 0.0;
     let mut stop_reason = StopReason::MaxNewTokens;
     while tokens.len() < config.max_new_tokens {
         if forced.is_none() && config.stop_tokens.contains(&next) {
@@ -450,7 +457,9 @@ pub(crate) fn continue_sequence<B: Backend>(
             break;
         }
         let position = state.processed_tokens;
+        let forward_started = Instant::now();
         let logits = model.forward(&[next], &[position], &mut state, LogitsSelection::Last)?;
+        decode_forward_seconds += forward_started.elapsed().as_secs_f64();
         decode_steps += 1;
         if let Some(n) = caps.schedule.decode_interval {
             if decode_steps % n.max(1) == 0 {
@@ -467,6 +476,7 @@ pub(crate) fn continue_sequence<B: Backend>(
         stop_reason,
         prefill_seconds,
         decode_seconds,
+        decode_forward_seconds,
         decode_steps,
         compression_seconds,
         state_bytes_after_prefill,
