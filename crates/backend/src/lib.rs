@@ -20,9 +20,10 @@ use longctx_core::{Error, Result};
 #[cfg(feature = "cuda")]
 pub type CudaBackend = burn::backend::Cuda<f32, i32>;
 /// burn's CUDA backend without burn-fusion (`LONGCTX_CUDA_FUSION=0`): every operation is
-/// launched as it is called, with no recording or fusion search on the host.
+/// launched as it is called, with no recording or fusion search on the host, and the model's
+/// RMSNorm and decode attention run as single custom kernels (`longctx-gpu-kernels`).
 #[cfg(feature = "cuda")]
-pub type CudaUnfusedBackend = burn_cubecl::CubeBackend<cubecl::cuda::CudaRuntime, f32, i32, u8>;
+pub type CudaUnfusedBackend = longctx_gpu_kernels::CudaUnfused;
 /// The WGPU backend type.
 pub type WgpuBackend = burn::backend::Wgpu<f32, i32>;
 /// The flex CPU backend type.

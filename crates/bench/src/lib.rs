@@ -33,6 +33,9 @@ pub struct PerfConfig {
     pub decode_tokens: usize,
     /// Timed runs per length (after one untimed warm-up); the best is kept.
     pub repeats: usize,
+    /// Prefill in chunks of at most this many tokens (`None`: the whole prompt at once).
+    #[serde(default)]
+    pub prefill_chunk: Option<usize>,
 }
 
 /// One prompt length's figures.
@@ -64,6 +67,9 @@ pub struct PerfResult {
     pub model_sha256: Option<String>,
     pub vocab_size: usize,
     pub dtype: String,
+    /// The prefill chunk the figures were measured with (`None`: one pass).
+    #[serde(default)]
+    pub prefill_chunk: Option<usize>,
     pub rows: Vec<PerfRow>,
 }
 
@@ -102,7 +108,7 @@ impl BackendJob for PerfJob {
             max_new_tokens: cfg.decode_tokens + 1,
             sampling: Sampling::Greedy,
             stop_tokens: Vec::new(),
-            max_prefill_chunk: None,
+            max_prefill_chunk: cfg.prefill_chunk,
             question_tokens: 0,
         };
         let vocab = model.info().vocab_size;
@@ -180,6 +186,7 @@ impl BackendJob for PerfJob {
             vocab_size: vocab,
             model_sha256: loaded.provenance.weights_sha256.clone(),
             dtype: model.info().dtype.clone(),
+            prefill_chunk: cfg.prefill_chunk,
             rows,
         })
     }

@@ -1,6 +1,7 @@
 //! `longctx bench-perf`: our prefill/decode speed and peak memory beside peers run in the same
 //! invocation on the same machine, GGUF and prompt ids; one JSON record under `results/perf/`.
 
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
@@ -29,6 +30,7 @@ pub struct BenchPerfArgs {
     pub lengths: Vec<usize>,
     pub decode_tokens: usize,
     pub repeats: usize,
+    pub prefill_chunk: Option<usize>,
     pub threads: Option<usize>,
     pub peers: Option<Vec<String>>,
     pub peers_dir: PathBuf,
@@ -50,6 +52,9 @@ struct Comparison {
 struct PerfRecord {
     schema: &'static str,
     command: String,
+    /// The `CUBECL_*` and `LONGCTX_*` environment variables the run saw (autotune level,
+    /// fusion on or off, ...): they change the figures but are not on the command line.
+    environment: BTreeMap<String, String>,
     created_at: String,
     machine: MachineInfo,
     threads: Option<usize>,
@@ -146,6 +151,9 @@ pub fn bench_perf(args: BenchPerfArgs) -> Result<()> {
             bail!("unknown peer '{p}'; valid peers: {}", PEERS.join(", "));
         }
     }
+    if args.prefill_chunk == Some(0) {
+        bail!("--prefill-chunk must be at least 1 token");
+    }
     if let Some(t) = args.threads {
         // burn's CPU backends parallelise with rayon's global pool.
         std::env::set_var("RAYON_NUM_THREADS", t.to_string());
@@ -161,6 +169,7 @@ pub fn bench_perf(args: BenchPerfArgs) -> Result<()> {
                 lengths: args.lengths.clone(),
                 decode_tokens: args.decode_tokens,
                 repeats: args.repeats,
+                prefill_chunk: args.prefill_chunk,
             },
         },
     )??;
@@ -258,6 +267,7 @@ pub fn bench_perf(args: BenchPerfArgs) -> Result<()> {
     let record = PerfRecord {
         schema: "longctx.perf/1",
         command: std::env::args().collect::<Vec<_>>().join(" "),
+        environment: settings_environment(std::env::vars()),
         created_at: crate::backends_check::now(),
         machine,
         threads: args.threads,
@@ -271,9 +281,29 @@ pub fn bench_perf(args: BenchPerfArgs) -> Result<()> {
     Ok(())
 }
 
+/// The variables among `vars` that tune the backends: `CUBECL_*` and `LONGCTX_*`.
+fn settings_environment(vars: impl Iterator<Item = (String, String)>) -> BTreeMap<String, String> {
+    vars.filter(|(k, _)| k.starts_with("CUBECL_") || k.starts_with("LONGCTX_"))
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn records_keep_the_backend_settings_from_the_environment() {
+        let vars = [
+            ("CUBECL_AUTOTUNE_LEVEL", "minimal"),
+            ("LONGCTX_CUDA_FUSION", "0"),
+            ("HOME", "/root"),
+        ]
+        .map(|(k, v)| (k.to_string(), v.to_string()));
+        let kept = settings_environment(vars.into_iter());
+        assert_eq!(kept.len(), 2);
+        assert_eq!(kept["LONGCTX_CUDA_FUSION"], "0");
+        assert!(!kept.contains_key("HOME"));
+    }
 
     #[test]
     fn default_peers_are_known_and_machine_slugs_are_file_names() {

@@ -223,6 +223,11 @@ enum Command {
         /// Timed runs per length after one warm-up; the best is kept.
         #[arg(long, default_value_t = 2)]
         repeats: usize,
+        /// Prefill the prompt in chunks of at most this many tokens (each chunk attends to the
+        /// cache so far, so the result is the same); bounds attention's `T x T` memory. Peers
+        /// always prefill in one pass.
+        #[arg(long)]
+        prefill_chunk: Option<usize>,
         /// CPU threads for longctx and the peers (default: all cores).
         #[arg(long)]
         threads: Option<usize>,
@@ -325,6 +330,7 @@ fn main() -> ExitCode {
             lengths,
             decode_tokens,
             repeats,
+            prefill_chunk,
             threads,
             peers,
             peers_dir,
@@ -336,6 +342,7 @@ fn main() -> ExitCode {
             lengths,
             decode_tokens,
             repeats,
+            prefill_chunk,
             threads,
             peers: peers.map(|p| p.into_iter().filter(|n| n != "none").collect()),
             peers_dir,

@@ -209,6 +209,18 @@ pub fn attend<B: Backend>(
             is_causal: t > 1,
         };
         if t == 1 {
+            // Decode on burn's unfused GPU backends: one custom kernel instead of burn's
+            // fallback (about twelve launches), reading the cache in place.
+            if view.padding_mask.is_none() {
+                if let Some(output) =
+                    longctx_gpu_kernels::decode_attention(&queries, &view.keys, &view.values, scale)
+                {
+                    return Attended {
+                        output,
+                        weights: None,
+                    };
+                }
+            }
             // Decode: every key is visible; view the query-head groups as a batch of queries
             // per KV head instead of repeating the keys.
             let q = queries.reshape([1, n_kv, groups, d]);

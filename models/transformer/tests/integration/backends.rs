@@ -419,6 +419,8 @@ fn incremental_decoding_equals_prefill_on_wgpu() {
     if wgpu_available() {
         for w in ["0", "6"] {
             incremental_equals_prefill::<Wgpu>(w);
+            // burn's unfused WGPU backend: RMSNorm and decode attention as custom kernels.
+            incremental_equals_prefill::<longctx_gpu_kernels::WgpuUnfused>(w);
         }
     }
 }
