@@ -20,8 +20,9 @@ use longctx_core::{Error, Result};
 #[cfg(feature = "cuda")]
 pub type CudaBackend = burn::backend::Cuda<f32, i32>;
 /// burn's CUDA backend without burn-fusion (`LONGCTX_CUDA_FUSION=0`): every operation is
-/// launched as it is called, with no recording or fusion search on the host, and the model's
-/// RMSNorm and decode attention run as single custom kernels (`longctx-gpu-kernels`).
+/// launched as it is called, with no recording or fusion search on the host. With
+/// `LONGCTX_GPU_KERNELS=1` too, the model's RMSNorm and decode attention run as single custom
+/// kernels (`longctx-gpu-kernels`; experimental on CUDA, see `longctx_gpu_kernels::supported`).
 #[cfg(feature = "cuda")]
 pub type CudaUnfusedBackend = longctx_gpu_kernels::CudaUnfused;
 /// The WGPU backend type.

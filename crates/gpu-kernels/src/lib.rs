@@ -28,13 +28,24 @@ pub type WgpuUnfused = CubeBackend<cubecl::wgpu::WgpuRuntime, f32, i32, u32>;
 pub type CudaUnfused = CubeBackend<cubecl::cuda::CudaRuntime, f32, i32, u8>;
 
 /// Whether `B` is a backend these kernels run on.
+///
+/// On CUDA they are opt-in (`LONGCTX_GPU_KERNELS=1`): their first run on an H100
+/// (2026-12-05, `LONGCTX_CUDA_FUSION=0 bench-perf`) produced non-finite logits at the first
+/// token, while the same kernels match burn's formulas on WGPU in CI; the cause is not known yet
+/// (no device time was left to look), so CUDA keeps burn's ops unless asked.
 pub fn supported<B: Backend>() -> bool {
     let b = TypeId::of::<B>();
     #[cfg(feature = "cuda")]
     if b == TypeId::of::<CudaUnfused>() {
-        return true;
+        return cuda_opted_in(std::env::var("LONGCTX_GPU_KERNELS").ok().as_deref());
     }
     b == TypeId::of::<WgpuUnfused>()
+}
+
+/// Whether the value of `LONGCTX_GPU_KERNELS` turns the kernels on for CUDA.
+#[cfg(any(feature = "cuda", test))]
+fn cuda_opted_in(value: Option<&str>) -> bool {
+    matches!(value.map(str::trim), Some("1" | "on" | "true"))
 }
 
 /// The CubeCL tensor under a burn float tensor of backend `C` (`B` must be `C`).
@@ -382,6 +393,13 @@ mod tests {
 
     fn max_diff<const D: usize>(a: Tensor<B, D>, b: Tensor<B, D>) -> f32 {
         (a - b).abs().max().into_scalar()
+    }
+
+    #[test]
+    fn cuda_needs_an_explicit_opt_in() {
+        assert!(!cuda_opted_in(None));
+        assert!(!cuda_opted_in(Some("0")));
+        assert!(cuda_opted_in(Some("1")));
     }
 
     #[test]
