@@ -244,6 +244,29 @@ mod kernels {
     }
 }
 
+/// The launch argument for `t`, read through its own strides (views included).
+fn tensor_arg<R: CubeRuntime>(t: &CubeTensor<R>) -> TensorArg<R> {
+    // SAFETY: the handle, strides and shape are the tensor's own, so every index the kernels
+    // compute from them stays inside its buffer.
+    unsafe {
+        TensorArg::from_raw_parts(
+            t.handle.clone(),
+            t.meta.strides().clone(),
+            t.meta.shape().clone(),
+        )
+    }
+}
+
+/// A new f32 tensor of `shape` on `like`'s device.
+fn empty_f32<R: CubeRuntime>(like: &CubeTensor<R>, shape: Vec<usize>) -> CubeTensor<R> {
+    burn_cubecl::ops::numeric::empty_device_dtype(
+        like.client.clone(),
+        like.device.clone(),
+        shape.into(),
+        DType::F32,
+    )
+}
+
 fn rms_norm_cube<R: CubeRuntime>(
     x: CubeTensor<R>,
     w: CubeTensor<R>,
@@ -258,26 +281,14 @@ fn rms_norm_cube<R: CubeRuntime>(
         return None;
     }
     let client = x.client.clone();
-    let out = burn_cubecl::ops::numeric::empty_device_dtype(
-        client.clone(),
-        x.device.clone(),
-        x.meta.shape().clone(),
-        DType::F32,
-    );
-    let arg = |t: &CubeTensor<R>| unsafe {
-        TensorArg::from_raw_parts(
-            t.handle.clone(),
-            t.meta.strides().clone(),
-            t.meta.shape().clone(),
-        )
-    };
+    let out = empty_f32(&x, x.meta.shape().to_vec());
     kernels::rms_norm_kernel::launch::<f32, R>(
         &client,
         CubeCount::Static(rows as u32, 1, 1),
         CubeDim::new_1d(BLOCK as u32),
-        arg(&x),
-        arg(&w),
-        arg(&out),
+        tensor_arg(&x),
+        tensor_arg(&w),
+        tensor_arg(&out),
         width,
         row_stride,
         eps as f32,
@@ -325,32 +336,17 @@ fn decode_attention_cube<R: CubeRuntime>(
         return None;
     }
     let client = q.client.clone();
-    let empty = |shape: Vec<usize>| {
-        burn_cubecl::ops::numeric::empty_device_dtype(
-            client.clone(),
-            q.device.clone(),
-            shape.into(),
-            DType::F32,
-        )
-    };
-    let scores = empty(vec![n_q, len]);
-    let out = empty(vec![1, n_q, 1, d]);
-    let arg = |t: &CubeTensor<R>| unsafe {
-        TensorArg::from_raw_parts(
-            t.handle.clone(),
-            t.meta.strides().clone(),
-            t.meta.shape().clone(),
-        )
-    };
+    let scores = empty_f32(&q, vec![n_q, len]);
+    let out = empty_f32(&q, vec![1, n_q, 1, d]);
     kernels::decode_attention_kernel::launch::<f32, R>(
         &client,
         CubeCount::Static(n_q as u32, 1, 1),
         CubeDim::new_1d(BLOCK as u32),
-        arg(&q),
-        arg(&k),
-        arg(&v),
-        arg(&scores),
-        arg(&out),
+        tensor_arg(&q),
+        tensor_arg(&k),
+        tensor_arg(&v),
+        tensor_arg(&scores),
+        tensor_arg(&out),
         len,
         d,
         n_q / n_kv,
