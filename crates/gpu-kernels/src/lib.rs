@@ -101,6 +101,24 @@ fn rows_of<R: CubeRuntime>(t: &CubeTensor<R>) -> Option<(usize, usize)> {
 mod kernels {
     use cubecl::prelude::*;
 
+    /// The sum of every unit's `value` over the cube, through `shared` (one slot per unit);
+    /// every unit gets it. The caller syncs before writing `shared` again.
+    #[cube]
+    fn block_sum<F: Float>(shared: &mut SharedMemory<F>, value: F, unit: usize) -> F {
+        shared[unit] = value;
+        sync_cube();
+        let mut stride = CUBE_DIM_X as usize / 2; // runtime: halved below
+        while stride > 0 {
+            if unit < stride {
+                let other = shared[unit + stride];
+                shared[unit] += other;
+            }
+            sync_cube();
+            stride /= 2;
+        }
+        shared[0]
+    }
+
     #[cube(launch)]
     pub fn rms_norm_kernel<F: Float>(
         x: &Tensor<F>,
@@ -122,18 +140,7 @@ mod kernels {
             i += block;
         }
         let mut partial = SharedMemory::<F>::new(block);
-        partial[unit] = acc;
-        sync_cube();
-        let mut stride = CUBE_DIM_X as usize / 2; // runtime: halved below
-        while stride > 0 {
-            if unit < stride {
-                let other = partial[unit + stride];
-                partial[unit] += other;
-            }
-            sync_cube();
-            stride /= 2;
-        }
-        let mean = partial[0] / F::cast_from(width);
+        let mean = block_sum::<F>(&mut partial, acc, unit) / F::cast_from(width);
         let inv = F::new(1.0) / F::sqrt(mean + F::cast_from(eps));
         let out_base = row * width;
         let mut j = unit;
@@ -206,18 +213,7 @@ mod kernels {
             local_sum += p;
             j += block;
         }
-        shared[unit] = local_sum;
-        sync_cube();
-        let mut stride = CUBE_DIM_X as usize / 2; // runtime: halved below
-        while stride > 0 {
-            if unit < stride {
-                let other = shared[unit + stride];
-                shared[unit] += other;
-            }
-            sync_cube();
-            stride /= 2;
-        }
-        let sum = shared[0];
+        let sum = block_sum::<F>(&mut shared, local_sum, unit);
         sync_cube();
 
         // Output: units split into `block / head_dim` lanes over the keys, one value column each.
