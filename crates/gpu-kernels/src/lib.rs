@@ -31,8 +31,11 @@ pub type CudaUnfused = CubeBackend<cubecl::cuda::CudaRuntime, f32, i32, u8>;
 ///
 /// On CUDA they are opt-in (`LONGCTX_GPU_KERNELS=1`): their first run on an H100
 /// (2026-12-05, `LONGCTX_CUDA_FUSION=0 bench-perf`) produced non-finite logits at the first
-/// token, while the same kernels match burn's formulas on WGPU in CI; the cause is not known yet
-/// (no device time was left to look), so CUDA keeps burn's ops unless asked.
+/// token, while the same kernels match burn's formulas on WGPU in CI. The likely cause, found
+/// afterwards in cubecl's source and fixed without a GPU to check it: outputs were allocated
+/// with `empty_tensor`, which may pitch rows on CUDA, and written as if contiguous (they are
+/// now allocated contiguous). Until a device run confirms it, CUDA keeps burn's ops unless
+/// asked.
 pub fn supported<B: Backend>() -> bool {
     let b = TypeId::of::<B>();
     #[cfg(feature = "cuda")]
@@ -253,9 +256,11 @@ fn tensor_arg<R: CubeRuntime>(t: &CubeTensor<R>) -> TensorArg<R> {
     }
 }
 
-/// A new f32 tensor of `shape` on `like`'s device.
+/// A new contiguous f32 tensor of `shape` on `like`'s device. Contiguous on purpose: the
+/// kernels write outputs by row-major index, and cubecl may pad ("pitch") the rows of a plain
+/// new tensor on CUDA, which WGPU never does.
 fn empty_f32<R: CubeRuntime>(like: &CubeTensor<R>, shape: Vec<usize>) -> CubeTensor<R> {
-    burn_cubecl::ops::numeric::empty_device_dtype(
+    burn_cubecl::ops::numeric::empty_device_contiguous_dtype(
         like.client.clone(),
         like.device.clone(),
         shape.into(),
