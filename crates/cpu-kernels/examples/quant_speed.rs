@@ -37,12 +37,30 @@ fn main() {
         .build_global()
         .expect("one pool");
     let q41 = QuantFormat::Q4_1;
-    let layer = [
-        matrix(q41, 576 + 2 * 192, 576, 1),
-        matrix(q41, 576, 576, 2),
-        matrix(q41, 2 * 1536, 576, 3),
-        matrix(q41, 576, 1536, 4),
-    ];
+    // SmolLM2's q, k, v, o, gate, up and down, or with `merged` q/k/v and gate/up as one.
+    let merged = std::env::args().nth(2).is_some_and(|a| a == "merged");
+    let layer = if merged {
+        vec![
+            matrix(q41, 576 + 2 * 192, 576, 1),
+            matrix(q41, 576, 576, 2),
+            matrix(q41, 2 * 1536, 576, 3),
+            matrix(q41, 576, 1536, 4),
+        ]
+    } else {
+        [
+            (576, 576),
+            (192, 576),
+            (192, 576),
+            (576, 576),
+            (1536, 576),
+            (1536, 576),
+            (576, 1536),
+        ]
+        .iter()
+        .enumerate()
+        .map(|(i, &(rows, cols))| matrix(q41, rows, cols, i as u64 + 1))
+        .collect()
+    };
     let head = matrix(QuantFormat::Q8_0, 49152, 576, 5);
     let bytes: usize = 30 * layer.iter().map(|w| w.data().len()).sum::<usize>() + head.data().len();
     for m in [1usize, 4] {

@@ -29,10 +29,12 @@ pub const MAX_ROWS: usize = 4;
 /// two threads get a dozen or more tasks on a large matrix.
 const MIN_BLOCKS_PER_TASK: usize = 512;
 const MAX_BLOCKS_PER_TASK: usize = 16 * 1024;
-/// Matrices up to this many blocks (~50 us on one core) run on the calling thread: handing
+/// Matrices up to this many blocks (~15 us on one core) run on the calling thread: handing
 /// work to rayon's sleeping workers and waiting for them costs 20-150 us on the 2-vCPU VM
-/// (a 192x576 product took 34 us through rayon, 14 us serially).
-const SERIAL_MAX_BLOCKS: usize = 12 * 1024;
+/// (a 192x576 product took 34 us through rayon, 14 us serially). A 576x576 one (10,368
+/// blocks) is faster on two threads: SmolLM2's decode products took 9.8 ms a token with
+/// 12,288 here, 8.1 ms with 4,096 (`examples/quant_speed.rs`).
+const SERIAL_MAX_BLOCKS: usize = 4 * 1024;
 
 /// The GGUF block formats [`QuantMatrix`] reads (blocks of 32 weights, little-endian).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -232,6 +234,22 @@ impl QuantMatrix {
             data.extend_from_slice(&self.data[src * rb..(src + 1) * rb]);
         }
         QuantMatrix::new(self.format, self.rows, self.cols, data)
+    }
+
+    /// The matrices' rows one after another (`[sum rows, cols]`), e.g. a layer's q, k and v
+    /// projections as one matrix, so a decode step runs one product (one parallel dispatch)
+    /// instead of three. `None` unless all share one format and column count.
+    pub fn concat_rows(parts: &[&QuantMatrix]) -> Option<QuantMatrix> {
+        let first = parts.first()?;
+        if parts
+            .iter()
+            .any(|p| p.format != first.format || p.cols != first.cols)
+        {
+            return None;
+        }
+        let rows = parts.iter().map(|p| p.rows).sum();
+        let data = parts.iter().flat_map(|p| p.data.iter().copied()).collect();
+        QuantMatrix::new(first.format, rows, first.cols, data).ok()
     }
 
     /// Row `row` (`< rows`) as f32 into `out` (`cols` long), each weight bit-identical to
@@ -1056,6 +1074,29 @@ mod tests {
     }
 
     #[test]
+    fn concatenated_rows_are_the_parts_in_order() {
+        let mut rng = Rng(5);
+        let a = random_matrix(QuantFormat::Q4_1, 3, 64, &mut rng);
+        let b = random_matrix(QuantFormat::Q4_1, 2, 64, &mut rng);
+        let ab = QuantMatrix::concat_rows(&[&a, &b]).unwrap();
+        assert_eq!((ab.rows(), ab.cols()), (5, 64));
+        let (mut got, mut want) = (vec![0f32; 64], vec![0f32; 64]);
+        for (i, (part, row)) in [(&a, 0), (&a, 1), (&a, 2), (&b, 0), (&b, 1)]
+            .into_iter()
+            .enumerate()
+        {
+            ab.dequantize_row(i, &mut got);
+            part.dequantize_row(row, &mut want);
+            assert_eq!(got, want, "row {i}");
+        }
+        let other_format = random_matrix(QuantFormat::Q8_0, 2, 64, &mut rng);
+        let other_width = random_matrix(QuantFormat::Q4_1, 2, 96, &mut rng);
+        assert!(QuantMatrix::concat_rows(&[&a, &other_format]).is_none());
+        assert!(QuantMatrix::concat_rows(&[&a, &other_width]).is_none());
+        assert!(QuantMatrix::concat_rows(&[]).is_none());
+    }
+
+    #[test]
     fn permuted_rows_carry_their_blocks() {
         let mut rng = Rng(11);
         let q = random_matrix(QuantFormat::Q4_0, 4, 64, &mut rng);
@@ -1071,7 +1112,8 @@ mod tests {
     #[test]
     fn task_sizes_cover_small_and_large_matrices() {
         assert_eq!(rows_per_task(1, 1, 2), 1);
-        assert_eq!(rows_per_task(576, 18, 2), 576, "serial");
+        assert_eq!(rows_per_task(192, 18, 2), 192, "serial");
+        assert!(rows_per_task(576, 18, 2) < 576, "two threads");
         assert!((29..1536).contains(&rows_per_task(1536, 18, 2)));
         let head = rows_per_task(49152, 18, 2);
         assert!(

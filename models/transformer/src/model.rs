@@ -53,13 +53,22 @@ pub struct LayerWeights<B: Backend> {
 /// of the f32 tensors beside them) when the file stores them as Q4_0, Q4_1 or Q8_0 and the
 /// model runs on flex with the CPU kernels on. Products of at most four rows (decode steps)
 /// read these instead of the f32 weights: 4-7 times fewer bytes, the same weight values
-/// (exact up to summation order). Prefill keeps the f32 GEMM.
+/// (exact up to f32 rounding). Prefill keeps the f32 GEMM.
+///
+/// [`QuantLinears::with_merged_inputs`] concatenates the projections that read the same input
+/// (q, k, v; gate, up) into one matrix each, so a decode step makes one parallel dispatch
+/// where it made three or two (the dispatches, not the arithmetic, were a tenth of a step).
 #[derive(Clone, Debug, Default)]
 pub struct QuantLinears {
+    /// `[(H_q + 2 H_kv) D, hidden]`: q, k and v rows one after another (then the three below
+    /// are `None`).
+    pub qkv: Option<Arc<QuantMatrix>>,
     pub wq: Option<Arc<QuantMatrix>>,
     pub wk: Option<Arc<QuantMatrix>>,
     pub wv: Option<Arc<QuantMatrix>>,
     pub wo: Option<Arc<QuantMatrix>>,
+    /// `[2 F, hidden]`: gate rows, then up rows (then `w_gate` and `w_up` are `None`).
+    pub gate_up: Option<Arc<QuantMatrix>>,
     pub w_gate: Option<Arc<QuantMatrix>>,
     pub w_up: Option<Arc<QuantMatrix>>,
     pub w_down: Option<Arc<QuantMatrix>>,
@@ -67,16 +76,36 @@ pub struct QuantLinears {
 
 impl QuantLinears {
     /// The packed weights present, with their names.
-    fn named(&self) -> [(&'static str, Option<&QuantMatrix>); 7] {
+    fn named(&self) -> [(&'static str, Option<&QuantMatrix>); 9] {
         [
+            ("qkv", self.qkv.as_deref()),
             ("wq", self.wq.as_deref()),
             ("wk", self.wk.as_deref()),
             ("wv", self.wv.as_deref()),
             ("wo", self.wo.as_deref()),
+            ("gate_up", self.gate_up.as_deref()),
             ("w_gate", self.w_gate.as_deref()),
             ("w_up", self.w_up.as_deref()),
             ("w_down", self.w_down.as_deref()),
         ]
+    }
+
+    /// Moves q, k, v into `qkv` and gate, up into `gate_up` where each group is present and
+    /// shares one block format; a group that does not stays as it is.
+    pub fn with_merged_inputs(mut self) -> Self {
+        if let (Some(q), Some(k), Some(v)) = (&self.wq, &self.wk, &self.wv) {
+            if let Some(qkv) = QuantMatrix::concat_rows(&[q, k, v]) {
+                self.qkv = Some(Arc::new(qkv));
+                (self.wq, self.wk, self.wv) = (None, None, None);
+            }
+        }
+        if let (Some(g), Some(u)) = (&self.w_gate, &self.w_up) {
+            if let Some(gate_up) = QuantMatrix::concat_rows(&[g, u]) {
+                self.gate_up = Some(Arc::new(gate_up));
+                (self.w_gate, self.w_up) = (None, None);
+            }
+        }
+        self
     }
 }
 
@@ -335,7 +364,17 @@ impl<B: Backend> Transformer<B> {
             if let Some(bo) = &l.o_bias {
                 check(name("o_bias"), bo.dims().to_vec(), vec![h])?;
             }
-            let want_packed = [(q, h), (kv, h), (kv, h), (h, q), (f, h), (f, h), (h, f)];
+            let want_packed = [
+                (q + 2 * kv, h),
+                (q, h),
+                (kv, h),
+                (kv, h),
+                (h, q),
+                (2 * f, h),
+                (f, h),
+                (f, h),
+                (h, f),
+            ];
             for ((w, packed), (out, inp)) in l.quant.named().into_iter().zip(want_packed) {
                 if let Some(p) = packed {
                     let what = name(&format!("quant.{w}"));
@@ -430,6 +469,21 @@ impl<B: Backend> Transformer<B> {
         p.as_deref().filter(|_| self.quantized_decode)
     }
 
+    /// `x @ W^T` `[T, out]` over the packed blocks `packed` (`[out, in]`) of a weight stored
+    /// like `like` (which decides whether the f32 path applies), when the model uses them
+    /// and the product is a decode step on flex; `None` otherwise.
+    fn packed_product(
+        &self,
+        x: &Tensor<B, 2>,
+        like: &Tensor<B, 2>,
+        packed: &Option<Arc<QuantMatrix>>,
+    ) -> Option<Tensor<B, 2>> {
+        if like.dtype() != DType::F32 || !is_flex::<B>() {
+            return None;
+        }
+        flex_quant_matmul(x, self.packed(packed)?)
+    }
+
     /// Splits `[T, H * D]` into heads `[1, H, T, D]`.
     fn heads(x: Tensor<B, 2>, n_heads: usize, head_dim: usize) -> Tensor<B, 4> {
         let t = x.dims()[0];
@@ -509,11 +563,26 @@ impl<B: Backend> CausalLm<B> for Transformer<B> {
                         qkv.slice([0..t, qw + kw..qw + 2 * kw]),
                     )
                 }
-                None => (
-                    linear(h.clone(), &layer.wq, self.packed(&pk.wq), bq),
-                    linear(h.clone(), &layer.wk, self.packed(&pk.wk), bk),
-                    linear(h, &layer.wv, self.packed(&pk.wv), bv),
-                ),
+                None => match self.packed_product(&h, &layer.wq, &pk.qkv) {
+                    // A decode step on flex: one product over the concatenated blocks.
+                    Some(qkv) => {
+                        let (qw, kw) = (c.n_heads * c.head_dim, c.n_kv_heads * c.head_dim);
+                        let with_bias = |y: Tensor<B, 2>, b: Option<&Tensor<B, 1>>| match b {
+                            Some(b) => y + widened(b).unsqueeze::<2>(),
+                            None => y,
+                        };
+                        (
+                            with_bias(qkv.clone().slice([0..t, 0..qw]), bq),
+                            with_bias(qkv.clone().slice([0..t, qw..qw + kw]), bk),
+                            with_bias(qkv.slice([0..t, qw + kw..qw + 2 * kw]), bv),
+                        )
+                    }
+                    None => (
+                        linear(h.clone(), &layer.wq, self.packed(&pk.wq), bq),
+                        linear(h.clone(), &layer.wk, self.packed(&pk.wk), bk),
+                        linear(h, &layer.wv, self.packed(&pk.wv), bv),
+                    ),
+                },
             };
             if let Some([qn, kn]) = &layer.qk_norm {
                 q = head_norm(q, qn, c.rms_norm_eps);
@@ -562,10 +631,19 @@ impl<B: Backend> CausalLm<B> for Transformer<B> {
                         gate_up.slice([0..t, f..2 * f]),
                     )
                 }
-                None => (
-                    matmul(h.clone(), &layer.w_gate, self.packed(&pk.w_gate)),
-                    matmul(h, &layer.w_up, self.packed(&pk.w_up)),
-                ),
+                None => match self.packed_product(&h, &layer.w_gate, &pk.gate_up) {
+                    Some(gate_up) => {
+                        let f = c.intermediate_size;
+                        (
+                            gate_up.clone().slice([0..t, 0..f]),
+                            gate_up.slice([0..t, f..2 * f]),
+                        )
+                    }
+                    None => (
+                        matmul(h.clone(), &layer.w_gate, self.packed(&pk.w_gate)),
+                        matmul(h, &layer.w_up, self.packed(&pk.w_up)),
+                    ),
+                },
             };
             let gate = if gemma {
                 gelu_tanh(gate)

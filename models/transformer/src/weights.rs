@@ -278,7 +278,9 @@ pub(crate) fn build<B: Backend>(
                 w_gate: packed(&n(Part::Gate), f, h, None),
                 w_up: packed(&n(Part::Up), f, h, None),
                 w_down: packed(&n(Part::Down), h, f, None),
-            },
+                ..Default::default()
+            }
+            .with_merged_inputs(),
         });
     }
     let final_norm = norm(layout.final_norm, h)?;

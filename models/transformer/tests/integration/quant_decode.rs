@@ -93,11 +93,14 @@ fn quantized_gguf(seed: u64) -> Vec<u8> {
         let (q, kv) = (HEADS * HEAD_DIM, KV_HEADS * HEAD_DIM);
         w.add_f32_tensor(n("attn_norm"), &[HIDDEN], &ones).unwrap();
         w.add_f32_tensor(n("ffn_norm"), &[HIDDEN], &ones).unwrap();
-        add(&mut w, n("attn_q"), GgmlType::Q4_0, q, HIDDEN);
+        // Even layers mix formats (each projection packed alone); odd layers share Q4_1
+        // across q, k, v and gate, up (packed as one matrix per group).
+        let mixed = |ty| if l % 2 == 0 { ty } else { GgmlType::Q4_1 };
+        add(&mut w, n("attn_q"), mixed(GgmlType::Q4_0), q, HIDDEN);
         add(&mut w, n("attn_k"), GgmlType::Q4_1, kv, HIDDEN);
-        add(&mut w, n("attn_v"), GgmlType::Q8_0, kv, HIDDEN);
+        add(&mut w, n("attn_v"), mixed(GgmlType::Q8_0), kv, HIDDEN);
         add(&mut w, n("attn_output"), GgmlType::Q4_1, HIDDEN, q);
-        add(&mut w, n("ffn_gate"), GgmlType::Q4_0, FFN, HIDDEN);
+        add(&mut w, n("ffn_gate"), mixed(GgmlType::Q4_0), FFN, HIDDEN);
         add(&mut w, n("ffn_up"), GgmlType::Q4_1, FFN, HIDDEN);
         add(&mut w, n("ffn_down"), GgmlType::Q8_0, HIDDEN, FFN);
     }
@@ -111,15 +114,17 @@ fn host(t: &Tensor<Flex, 2>) -> Vec<f32> {
 }
 
 /// Every packed weight's rows are the f32 weight's columns (it is stored `[in, out]`), bit
-/// for bit; returns how many packed weights there are.
-fn assert_packed_equals_f32(model: &Transformer<Flex>, layers: &[usize]) -> usize {
-    let check = |what: String, packed: &QuantMatrix, w: &Tensor<Flex, 2>| {
+/// for bit, whether packed alone or as rows of a merged `qkv` / `gate_up` matrix; returns
+/// how many weights were checked and how many of them sat in merged matrices.
+fn assert_packed_equals_f32(model: &Transformer<Flex>, layers: &[usize]) -> (usize, usize) {
+    let check = |what: String, packed: &QuantMatrix, first_row: usize, w: &Tensor<Flex, 2>| {
         let [inp, out] = w.dims();
-        assert_eq!([packed.rows(), packed.cols()], [out, inp], "{what}");
+        assert_eq!(packed.cols(), inp, "{what}");
+        assert!(first_row + out <= packed.rows(), "{what}");
         let w = host(w);
         let mut row = vec![0f32; inp];
         for j in 0..out {
-            packed.dequantize_row(j, &mut row);
+            packed.dequantize_row(first_row + j, &mut row);
             for (i, v) in row.iter().enumerate() {
                 assert_eq!(
                     v.to_bits(),
@@ -129,26 +134,31 @@ fn assert_packed_equals_f32(model: &Transformer<Flex>, layers: &[usize]) -> usiz
             }
         }
     };
-    let mut n = 0;
+    let (mut n, mut in_merged) = (0, 0);
     for &l in layers {
         let (lw, p) = (&model.layers[l], &model.layers[l].quant);
-        for (name, packed, w) in [
-            ("wq", &p.wq, &lw.wq),
-            ("wk", &p.wk, &lw.wk),
-            ("wv", &p.wv, &lw.wv),
-            ("wo", &p.wo, &lw.wo),
-            ("w_gate", &p.w_gate, &lw.w_gate),
-            ("w_up", &p.w_up, &lw.w_up),
-            ("w_down", &p.w_down, &lw.w_down),
+        let (q, kv, f) = (lw.wq.dims()[1], lw.wk.dims()[1], lw.w_gate.dims()[1]);
+        for (name, alone, merged, first_row, w) in [
+            ("wq", &p.wq, &p.qkv, 0, &lw.wq),
+            ("wk", &p.wk, &p.qkv, q, &lw.wk),
+            ("wv", &p.wv, &p.qkv, q + kv, &lw.wv),
+            ("wo", &p.wo, &None, 0, &lw.wo),
+            ("w_gate", &p.w_gate, &p.gate_up, 0, &lw.w_gate),
+            ("w_up", &p.w_up, &p.gate_up, f, &lw.w_up),
+            ("w_down", &p.w_down, &None, 0, &lw.w_down),
         ] {
-            let packed = packed
-                .as_deref()
-                .unwrap_or_else(|| panic!("layer {l} {name} is not packed"));
-            check(format!("layer {l} {name}"), packed, w);
+            match (alone.as_deref(), merged.as_deref()) {
+                (Some(packed), None) => check(format!("layer {l} {name}"), packed, 0, w),
+                (None, Some(packed)) => {
+                    check(format!("layer {l} {name} (merged)"), packed, first_row, w);
+                    in_merged += 1;
+                }
+                _ => panic!("layer {l} {name} must be packed exactly once"),
+            }
             n += 1;
         }
     }
-    n
+    (n, in_merged)
 }
 
 fn new_state(model: &Transformer<Flex>, prompt: usize) -> SequenceState<Flex> {
@@ -221,9 +231,14 @@ fn small_quantized_gguf_decodes_like_its_f32_weights() {
         assert_eq!(model.quantized_weights(), (0, 0));
         return;
     }
-    // 7 linears per layer, and the tied head from the Q8_0 embeddings.
-    assert_eq!(model.quantized_weights().0, LAYERS * 7 + 1);
-    assert_eq!(assert_packed_equals_f32(&model, &[0, 1]), LAYERS * 7);
+    // 7 linears per even layer, 4 matrices per odd one (qkv, wo, gate_up, w_down), and the
+    // tied head from the Q8_0 embeddings.
+    let even = LAYERS.div_ceil(2);
+    assert_eq!(
+        model.quantized_weights().0,
+        even * 7 + (LAYERS - even) * 4 + 1
+    );
+    assert_eq!(assert_packed_equals_f32(&model, &[0, 1]), (14, 5));
 
     // Steps of 1, 3 and 4 rows use the quantized products; 5 rows take the f32 GEMM.
     let prompt = [1u32, 7, 3, 9, 4, 4, 2];
@@ -232,9 +247,11 @@ fn small_quantized_gguf_decodes_like_its_f32_weights() {
     let f32 = decode_logits(&mut model, false, &prompt, &steps);
     for (i, (a, b)) in quant.iter().zip(&f32).enumerate() {
         let err = max_relative_error(a, b);
-        assert!(err < 1e-5, "step {i}: max relative error {err}");
+        // f32 rounding only: the AVX2 kernel sums `d * sum x q + min * sum x` per block
+        // (1.4e-5 seen with these random scales), the f32 path `sum x (q d + min)`.
+        assert!(err < 5e-5, "step {i}: max relative error {err}");
     }
-    // Not bit-identical (different summation order), or the test would not test the path.
+    // Not bit-identical (different rounding), or the test would not test the path.
     assert_ne!(quant[0], f32[0]);
 }
 
@@ -259,9 +276,10 @@ fn smollm2_decode_with_quantized_weights_matches_f32() {
     }
     let (count, bytes) = model.quantized_weights();
     eprintln!("SmolLM2-135M: {count} packed weights, {bytes} bytes");
-    // Every linear of the 30 layers (Q4_1) and the tied head (Q8_0 embeddings).
-    assert_eq!(count, 30 * 7 + 1);
-    assert_eq!(assert_packed_equals_f32(&model, &[0, 29]), 14);
+    // Every linear of the 30 layers (all Q4_1: packed as qkv, wo, gate_up, w_down) and the
+    // tied head (Q8_0 embeddings).
+    assert_eq!(count, 30 * 4 + 1);
+    assert_eq!(assert_packed_equals_f32(&model, &[0, 29]), (14, 10));
 
     // "The capital of France is" and a few more tokens, then 1- and 4-row decode steps.
     let prompt: Vec<u32> = [504, 3575, 282, 4649, 314, 7042, 30, 378, 3575, 282]
