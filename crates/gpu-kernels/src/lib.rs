@@ -4,7 +4,7 @@
 //! time per kernel launch and 56 launches per layer on burn's unfused CUDA backend
 //! (`results/perf/cuda-decode-kernel-census-h200.txt`, README "Performance"). RMSNorm alone is
 //! seven element-wise and reduction launches and burn's attention fallback about twelve; the
-//! kernels here do each in one launch.
+//! kernels here take one and two.
 //!
 //! Each entry point takes burn tensors of any backend and returns `None` unless the backend is
 //! one of burn's unfused CubeCL backends in f32 ([`CubeBackend`] over WGPU, or over CUDA with the
@@ -29,26 +29,28 @@ pub type CudaUnfused = CubeBackend<cubecl::cuda::CudaRuntime, f32, i32, u8>;
 
 /// Whether `B` is a backend these kernels run on.
 ///
-/// On CUDA they are opt-in (`LONGCTX_GPU_KERNELS=1`): their first run on an H100
-/// (2026-12-05, `LONGCTX_CUDA_FUSION=0 bench-perf`) produced non-finite logits at the first
-/// token, while the same kernels match burn's formulas on WGPU in CI. The likely cause, found
-/// afterwards in cubecl's source and fixed without a GPU to check it: outputs were allocated
-/// with `empty_tensor`, which may pitch rows on CUDA, and written as if contiguous (they are
-/// now allocated contiguous). Until a device run confirms it, CUDA keeps burn's ops unless
-/// asked.
+/// On CUDA they are on unless `LONGCTX_GPU_KERNELS=0` (for A/B runs). Their first H100 run
+/// (2026-12-05) gave non-finite logits: outputs were allocated with `empty_tensor`, which may
+/// pitch rows on CUDA, and written as if contiguous; allocated contiguous since, they gave the
+/// CPU's greedy continuation token for token on an H100 (2026-12-06,
+/// `scripts/device/cuda-kernels-check.sh`).
 pub fn supported<B: Backend>() -> bool {
     let b = TypeId::of::<B>();
     #[cfg(feature = "cuda")]
     if b == TypeId::of::<CudaUnfused>() {
-        return cuda_opted_in(std::env::var("LONGCTX_GPU_KERNELS").ok().as_deref());
+        return cuda_enabled(std::env::var("LONGCTX_GPU_KERNELS").ok().as_deref());
     }
     b == TypeId::of::<WgpuUnfused>()
 }
 
-/// Whether the value of `LONGCTX_GPU_KERNELS` turns the kernels on for CUDA.
+/// Whether the value of `LONGCTX_GPU_KERNELS` leaves the kernels on for CUDA (anything but
+/// `0`, `off` or `false`).
 #[cfg(any(feature = "cuda", test))]
-fn cuda_opted_in(value: Option<&str>) -> bool {
-    matches!(value.map(str::trim), Some("1" | "on" | "true"))
+fn cuda_enabled(value: Option<&str>) -> bool {
+    !matches!(
+        value.map(|v| v.trim().to_ascii_lowercase()).as_deref(),
+        Some("0" | "off" | "false")
+    )
 }
 
 /// The CubeCL tensor under a burn float tensor of backend `C` (`B` must be `C`).
@@ -153,47 +155,50 @@ mod kernels {
         }
     }
 
+    /// One split of a decode step's attention (flash-decoding): cube `(head, split)` scores
+    /// keys `split * block ..` (at most `block`, one per unit) against query head `head`, and
+    /// writes `[acc (D), max, sum]` to `partial[head, split]`: the unnormalised output over
+    /// its keys, their largest score and the sum of `exp(score - max)`.
     #[cube(launch)]
     #[allow(clippy::too_many_arguments)]
-    pub fn decode_attention_kernel<F: Float>(
+    pub fn decode_attention_split_kernel<F: Float>(
         q: &Tensor<F>,
         k: &Tensor<F>,
         v: &Tensor<F>,
-        scores: &mut Tensor<F>,
-        out: &mut Tensor<F>,
+        partial: &mut Tensor<F>,
         len: usize,
         head_dim: usize,
         groups: usize,
+        n_splits: usize,
         scale: f32,
         #[comptime] block: usize,
     ) {
         let head = CUBE_POS_X as usize;
+        let split = CUBE_POS_Y as usize;
         let kv_head = head / groups;
         let unit = UNIT_POS_X as usize;
-        let q_base = head * q.stride(1);
+        let first = split * block;
+        let mut count = len - first;
+        if count > block {
+            count = block;
+        }
         let k_head = kv_head * k.stride(1);
         let v_head = kv_head * v.stride(1);
-        let k_row = k.stride(2);
         let v_row = v.stride(2);
-        let s_base = head * len;
-        let scale = F::cast_from(scale);
 
-        // Scores of this unit's keys, and their maximum.
-        let mut local_max = F::min_value();
-        let mut j = unit;
-        while j < len {
+        // This unit's key score (units past the split's end hold the lowest value).
+        let mut score = F::min_value();
+        if unit < count {
+            let q_base = head * q.stride(1);
+            let k_base = k_head + (first + unit) * k.stride(2);
             let mut dot = F::new(0.0);
-            let k_base = k_head + j * k_row;
             for c in 0..head_dim {
                 dot += q[q_base + c] * k[k_base + c];
             }
-            let s = dot * scale;
-            scores[s_base + j] = s;
-            local_max = F::max(local_max, s);
-            j += block;
+            score = dot * F::cast_from(scale);
         }
         let mut shared = SharedMemory::<F>::new(block);
-        shared[unit] = local_max;
+        shared[unit] = score;
         sync_cube();
         let mut stride = CUBE_DIM_X as usize / 2; // runtime: halved below
         while stride > 0 {
@@ -207,27 +212,25 @@ mod kernels {
         let max = shared[0];
         sync_cube();
 
-        // Unnormalised probabilities and their sum.
-        let mut local_sum = F::new(0.0);
-        let mut j = unit;
-        while j < len {
-            let p = F::exp(scores[s_base + j] - max);
-            scores[s_base + j] = p;
-            local_sum += p;
-            j += block;
+        let mut p = F::new(0.0);
+        if unit < count {
+            p = F::exp(score - max);
         }
-        let sum = block_sum::<F>(&mut shared, local_sum, unit);
+        let mut probs = SharedMemory::<F>::new(block);
+        probs[unit] = p;
+        // `block_sum` syncs after its first write, which also publishes `probs`.
+        let sum = block_sum::<F>(&mut shared, p, unit);
         sync_cube();
 
-        // Output: units split into `block / head_dim` lanes over the keys, one value column each.
+        // Units split into `block / head_dim` lanes over the keys, one value column each.
         let lanes = block / head_dim;
         let lane = unit / head_dim;
         let c = unit % head_dim;
         let mut acc = F::new(0.0);
         if lane < lanes {
             let mut j = lane;
-            while j < len {
-                acc += scores[s_base + j] * v[v_head + j * v_row + c];
+            while j < count {
+                acc += probs[j] * v[v_head + (first + j) * v_row + c];
                 j += lanes;
             }
         }
@@ -238,7 +241,41 @@ mod kernels {
             for l in 0..lanes {
                 total += shared[l * head_dim + unit];
             }
-            out[head * head_dim + unit] = total / sum;
+            let base = (head * n_splits + split) * (head_dim + 2);
+            partial[base + unit] = total;
+            if unit == 0 {
+                partial[base + head_dim] = max;
+                partial[base + head_dim + 1] = sum;
+            }
+        }
+    }
+
+    /// Merges the splits of [`decode_attention_split_kernel`] with the log-sum-exp rule:
+    /// cube `head`, one unit per output column.
+    #[cube(launch)]
+    pub fn decode_attention_combine_kernel<F: Float>(
+        partial: &Tensor<F>,
+        out: &mut Tensor<F>,
+        n_splits: usize,
+        head_dim: usize,
+    ) {
+        let head = CUBE_POS_X as usize;
+        let c = UNIT_POS_X as usize;
+        if c < head_dim {
+            let stride = head_dim + 2;
+            let base = head * n_splits * stride;
+            let mut max = F::min_value();
+            for s in 0..n_splits {
+                max = F::max(max, partial[base + s * stride + head_dim]);
+            }
+            let mut total = F::new(0.0);
+            let mut acc = F::new(0.0);
+            for s in 0..n_splits {
+                let w = F::exp(partial[base + s * stride + head_dim] - max);
+                total += partial[base + s * stride + head_dim + 1] * w;
+                acc += partial[base + s * stride + c] * w;
+            }
+            out[head * head_dim + c] = acc / total;
         }
     }
 }
@@ -331,36 +368,49 @@ fn decode_attention_cube<R: CubeRuntime>(
         && d > 0
         && d <= BLOCK
         && BLOCK.is_multiple_of(d)
-        && n_q <= u16::MAX as usize;
+        && n_q <= u16::MAX as usize
+        && len.div_ceil(BLOCK) <= u16::MAX as usize;
     let unit_last = |t: &CubeTensor<R>| t.dtype == DType::F32 && t.meta.strides()[3] == 1;
     if !fits || !unit_last(&q) || !unit_last(&k) || !unit_last(&v) {
         return None;
     }
     let client = q.client.clone();
-    let scores = empty_f32(&q, vec![n_q, len]);
+    let n_splits = len.div_ceil(BLOCK);
+    let partial = empty_f32(&q, vec![n_q, n_splits, d + 2]);
     let out = empty_f32(&q, vec![1, n_q, 1, d]);
-    kernels::decode_attention_kernel::launch::<f32, R>(
+    kernels::decode_attention_split_kernel::launch::<f32, R>(
         &client,
-        CubeCount::Static(n_q as u32, 1, 1),
+        CubeCount::Static(n_q as u32, n_splits as u32, 1),
         CubeDim::new_1d(BLOCK as u32),
         tensor_arg(&q),
         tensor_arg(&k),
         tensor_arg(&v),
-        tensor_arg(&scores),
-        tensor_arg(&out),
+        tensor_arg(&partial),
         len,
         d,
         n_q / n_kv,
+        n_splits,
         scale as f32,
         BLOCK,
+    );
+    kernels::decode_attention_combine_kernel::launch::<f32, R>(
+        &client,
+        CubeCount::Static(n_q as u32, 1, 1),
+        CubeDim::new_1d(d as u32),
+        tensor_arg(&partial),
+        tensor_arg(&out),
+        n_splits,
+        d,
     );
     Some(out)
 }
 
 /// Attention of one decode query `q` `[1, H_q, 1, D]` over every key of `k`, `v`
 /// `[1, H_kv, S, D]` (grouped heads: query head `h` reads KV head `h / (H_q / H_kv)`), scores
-/// multiplied by `scale`; returns `[1, H_q, 1, D]`. One launch, one cube per query head; the
-/// keys and values are read in place (any row stride, e.g. a slice of a larger cache buffer).
+/// multiplied by `scale`; returns `[1, H_q, 1, D]`. Two launches (flash-decoding): one cube
+/// per query head and 256 keys, so a long cache keeps every SM busy (one cube per head left
+/// 123 of an H100's 132 SMs idle and cost 0.5 ms a layer at 8,000 keys), then one per head to
+/// merge the splits. The keys and values are read in place (any row stride, e.g. a slice of a larger cache buffer).
 /// `None` when the backend or layout is not supported (then use burn's `attention`).
 pub fn decode_attention<B: Backend>(
     q: &Tensor<B, 4>,
@@ -393,10 +443,12 @@ mod tests {
     }
 
     #[test]
-    fn cuda_needs_an_explicit_opt_in() {
-        assert!(!cuda_opted_in(None));
-        assert!(!cuda_opted_in(Some("0")));
-        assert!(cuda_opted_in(Some("1")));
+    fn cuda_runs_them_unless_turned_off() {
+        assert!(cuda_enabled(None));
+        assert!(cuda_enabled(Some("1")));
+        for off in ["0", "off", " FALSE "] {
+            assert!(!cuda_enabled(Some(off)), "{off}");
+        }
     }
 
     #[test]
@@ -433,7 +485,15 @@ mod tests {
 
     #[test]
     fn decode_attention_matches_softmax_attention_with_grouped_heads() {
-        for (n_q, n_kv, len, d) in [(9, 3, 1, 64), (9, 3, 700, 64), (4, 2, 37, 32), (2, 1, 5, 8)] {
+        // Lengths below, at and across the 256-key splits, so merging the splits is exercised.
+        for (n_q, n_kv, len, d) in [
+            (9, 3, 1, 64),
+            (9, 3, 700, 64),
+            (3, 1, 512, 64),
+            (2, 2, 257, 16),
+            (4, 2, 37, 32),
+            (2, 1, 5, 8),
+        ] {
             let q = random([1, n_q, 1, d]);
             // A cache buffer with spare capacity, viewed up to `len` as the model does.
             let k_buf = random([1, n_kv, len + 13, d]);
