@@ -128,6 +128,29 @@ pub fn attention(
     vis: &Visibility<'_>,
     out: &mut [f32],
 ) {
+    attention_in_order(q, k, v, scale, vis, out, OutputOrder::HeadMajor)
+}
+
+/// How [`attention_in_order`] lays out its output.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum OutputOrder {
+    /// `[H_q, T, D_v]`, as [`attention`] returns it.
+    HeadMajor,
+    /// `[T, H_q, D_v]`: each token's heads side by side, the layout the output projection
+    /// reads, so no strided copy is needed to get there.
+    TokenMajor,
+}
+
+/// [`attention`] with the output laid out as `order` says.
+pub fn attention_in_order(
+    q: Heads<'_>,
+    k: Heads<'_>,
+    v: Heads<'_>,
+    scale: f32,
+    vis: &Visibility<'_>,
+    out: &mut [f32],
+    order: OutputOrder,
+) {
     let (h_q, t, d) = (q.heads, q.rows, q.dim);
     let (h_kv, s, d_v) = (k.heads, k.rows, v.dim);
     assert!(
@@ -216,7 +239,11 @@ pub fn attention(
             let weights: Vec<f32> = group.iter().map(|p| (p.max[r] - max).exp()).collect();
             let sum: f32 = group.iter().zip(&weights).map(|(p, w)| p.sum[r] * w).sum();
             let (g, ti) = (r / rows_t, r % rows_t);
-            let start = ((kv_head * groups + g) * t + t0 + ti) * d_v;
+            let head = kv_head * groups + g;
+            let start = match order {
+                OutputOrder::HeadMajor => (head * t + t0 + ti) * d_v,
+                OutputOrder::TokenMajor => ((t0 + ti) * h_q + head) * d_v,
+            };
             let dst = &mut out[start..start + d_v];
             for (p, w) in group.iter().zip(&weights) {
                 let f = w / sum;
@@ -624,6 +651,45 @@ mod tests {
 
     fn iota(range: std::ops::Range<usize>) -> Vec<usize> {
         range.collect()
+    }
+
+    #[test]
+    fn token_major_output_is_the_head_major_one_transposed() {
+        let (h_q, h_kv, t, d) = (4, 2, 37, 16);
+        let (qd, kd, vd) = (
+            filled(h_q * t * d, 1),
+            filled(h_kv * t * d, 2),
+            filled(h_kv * t * d, 3),
+        );
+        let q = Heads::contiguous(&qd, h_q, t, d);
+        let k = Heads::contiguous(&kd, h_kv, t, d);
+        let v = Heads::contiguous(&vd, h_kv, t, d);
+        let pos = iota(0..t);
+        let vis = Visibility {
+            query_positions: &pos,
+            key_positions: &pos,
+            ..Default::default()
+        };
+        let mut heads_first = vec![0f32; h_q * t * d];
+        let mut tokens_first = vec![0f32; h_q * t * d];
+        attention(q, k, v, 0.25, &vis, &mut heads_first);
+        attention_in_order(
+            q,
+            k,
+            v,
+            0.25,
+            &vis,
+            &mut tokens_first,
+            OutputOrder::TokenMajor,
+        );
+        for h in 0..h_q {
+            for ti in 0..t {
+                assert_eq!(
+                    heads_first[(h * t + ti) * d..(h * t + ti + 1) * d],
+                    tokens_first[(ti * h_q + h) * d..(ti * h_q + h + 1) * d]
+                );
+            }
+        }
     }
 
     #[test]

@@ -8,8 +8,9 @@ use std::sync::OnceLock;
 use burn::backend::flex::{Flex, FlexTensor};
 use burn::tensor::{backend::Backend, DType, Tensor, TensorData, TensorPrimitive};
 
-use crate::attention::{attention, Heads, Visibility};
+use crate::attention::{attention_in_order, Heads, OutputOrder, Visibility};
 use crate::quant::{QuantMatrix, MAX_ROWS};
+use crate::rows::{self, RowsRef};
 
 /// Whether `B` is burn's flex CPU backend and the kernels are on: setting the environment
 /// variable `LONGCTX_CPU_KERNELS=0` keeps burn's own ops (for A/B measurements).
@@ -74,9 +75,21 @@ pub fn flex_attention<B: Backend>(
     let v = to_flex(values.clone())?;
     let (qh, kh, vh) = (heads_of(&q)?, heads_of(&k)?, heads_of(&v)?);
     let mut out = vec![0f32; qh.heads * qh.rows * vh.dim];
-    attention(qh, kh, vh, scale, visibility, &mut out);
-    let shape = [1, qh.heads, qh.rows, vh.dim];
-    from_flex(FlexTensor::from_data(TensorData::new(out, shape)))
+    // Token-major memory seen as `[1, H_q, T, D_v]`: the caller's `swap_dims(1, 2)` back to
+    // `[1, T, H_q, D_v]` before the output projection is then free, where flex would copy the
+    // head-major result element by element on one thread.
+    attention_in_order(
+        qh,
+        kh,
+        vh,
+        scale,
+        visibility,
+        &mut out,
+        OutputOrder::TokenMajor,
+    );
+    let shape = [1, qh.rows, qh.heads, vh.dim];
+    let tokens_first: Tensor<B, 4> = from_flex(FlexTensor::from_data(TensorData::new(out, shape)))?;
+    Some(tokens_first.swap_dims(1, 2))
 }
 
 /// Largest row count that [`flex_skinny_matmul`] takes: decode steps and short tails, where
@@ -144,6 +157,93 @@ pub fn flex_quant_matmul<B: Backend>(x: &Tensor<B, 2>, w: &QuantMatrix) -> Optio
     let mut y = vec![0f32; m * w.rows()];
     w.matmul(xs, m, &mut y).ok()?;
     from_flex(FlexTensor::from_data(TensorData::new(y, [m, w.rows()])))
+}
+
+/// A 2-D f32 flex tensor as [`RowsRef`], if its rows have unit stride and do not overlap.
+fn rows_of(tensor: &FlexTensor) -> Option<RowsRef<'_>> {
+    if tensor.dtype() != DType::F32 {
+        return None;
+    }
+    let layout = tensor.layout();
+    let (shape, strides) = (layout.shape(), layout.strides());
+    if shape.num_dims() != 2 || (shape[1] > 1 && strides[1] != 1) {
+        return None;
+    }
+    let (rows, cols) = (shape[0], shape[1]);
+    let row_stride = if rows > 1 { strides[0] } else { cols as isize };
+    if row_stride < cols as isize {
+        return None;
+    }
+    Some(RowsRef {
+        data: tensor.storage::<f32>(),
+        offset: layout.start_offset(),
+        row_stride: row_stride as usize,
+        rows,
+        cols,
+    })
+}
+
+/// RMSNorm of each row of `x` `[N, W]` with gain `w` `[W]` in one parallel pass (see
+/// [`rows::rms_norm`]); `None` for other backends, dtypes or layouts.
+pub fn flex_rms_norm<B: Backend>(
+    x: &Tensor<B, 2>,
+    w: &Tensor<B, 1>,
+    eps: f64,
+) -> Option<Tensor<B, 2>> {
+    let (x, w) = (to_flex(x.clone())?, to_flex(w.clone())?);
+    let (xs, ws) = (rows_of(&x)?, contiguous_f32(&w)?);
+    if ws.len() != xs.cols {
+        return None;
+    }
+    let mut out = vec![0f32; xs.rows * xs.cols];
+    rows::rms_norm(xs, ws, eps as f32, &mut out);
+    from_flex(FlexTensor::from_data(TensorData::new(
+        out,
+        [xs.rows, xs.cols],
+    )))
+}
+
+/// Rotary embedding of every head of `x` `[T, H * D]` with `cos2` / `sin_signed` `[T, 1, D]`
+/// in one parallel pass, bit for bit the model's generic formula (see [`rows::rope`]); `None`
+/// for other backends, dtypes or layouts.
+pub fn flex_rope<B: Backend>(
+    x: &Tensor<B, 2>,
+    cos2: &Tensor<B, 3>,
+    sin_signed: &Tensor<B, 3>,
+) -> Option<Tensor<B, 2>> {
+    let [t, _, d] = cos2.dims();
+    let x = to_flex(x.clone())?;
+    let (cos2, sin_signed) = (to_flex(cos2.clone())?, to_flex(sin_signed.clone())?);
+    let xs = rows_of(&x)?;
+    let (cs, ss) = (contiguous_f32(&cos2)?, contiguous_f32(&sin_signed)?);
+    if xs.rows != t || d == 0 || d % 2 != 0 || xs.cols % d != 0 || cs.len() != t * d {
+        return None;
+    }
+    if ss.len() != t * d {
+        return None;
+    }
+    let mut out = vec![0f32; xs.rows * xs.cols];
+    rows::rope(xs, d, cs, ss, &mut out);
+    from_flex(FlexTensor::from_data(TensorData::new(
+        out,
+        [xs.rows, xs.cols],
+    )))
+}
+
+/// `silu(gate) * up` for `gate`, `up` `[N, F]` (views of a wider product included) in one
+/// parallel pass (see [`rows::silu_mul`]); `None` for other backends, dtypes or layouts.
+pub fn flex_silu_mul<B: Backend>(gate: &Tensor<B, 2>, up: &Tensor<B, 2>) -> Option<Tensor<B, 2>> {
+    let (gate, up) = (to_flex(gate.clone())?, to_flex(up.clone())?);
+    let (gs, us) = (rows_of(&gate)?, rows_of(&up)?);
+    if (gs.rows, gs.cols) != (us.rows, us.cols) {
+        return None;
+    }
+    let mut out = vec![0f32; gs.rows * gs.cols];
+    rows::silu_mul(gs, us, &mut out);
+    from_flex(FlexTensor::from_data(TensorData::new(
+        out,
+        [gs.rows, gs.cols],
+    )))
 }
 
 /// SiLU of an f32 flex tensor with the vectorised `exp` (in place when the buffer is not

@@ -11,6 +11,9 @@
 //! [`quant`] runs decode steps' linear layers over GGUF's Q4_0/Q4_1/Q8_0 blocks, reading 4-7
 //! times fewer bytes than the dequantized f32 weights, exact up to summation order.
 //!
+//! [`rows`] fuses the row-wise passes of a layer (RMSNorm, rotary embedding, SwiGLU's gate)
+//! that flex runs as several single-threaded ops each.
+//!
 //! The kernels take plain slices, so they are tested against a direct implementation here;
 //! [`flex`] adapts burn tensors of the flex backend to them (any other backend gets `None` and
 //! keeps burn's own ops).
@@ -19,7 +22,8 @@ pub mod attention;
 pub mod dense;
 pub mod flex;
 pub mod quant;
+pub mod rows;
 mod simd;
 
-pub use attention::{attention, Heads, Visibility};
+pub use attention::{attention, attention_in_order, Heads, OutputOrder, Visibility};
 pub use quant::{QuantFormat, QuantMatrix};

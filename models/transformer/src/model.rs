@@ -1,7 +1,9 @@
 use std::sync::Arc;
 
 use burn::tensor::{activation::silu, backend::Backend, DType, Int, Tensor, TensorData};
-use longctx_cpu_kernels::flex::{flex_quant_matmul, flex_skinny_matmul, is_flex};
+use longctx_cpu_kernels::flex::{
+    flex_quant_matmul, flex_rms_norm, flex_silu, flex_silu_mul, flex_skinny_matmul, is_flex,
+};
 use longctx_cpu_kernels::QuantMatrix;
 
 use longctx_core::{
@@ -255,6 +257,12 @@ fn rms_norm<B: Backend>(x: Tensor<B, 2>, w: &Tensor<B, 1>, eps: f64) -> Tensor<B
     // One launch instead of seven on burn's unfused GPU backends, where launches bound decode.
     if let Some(y) = longctx_gpu_kernels::rms_norm(&x, w, eps) {
         return y;
+    }
+    // One parallel pass instead of seven single-threaded ops on flex.
+    if is_flex::<B>() {
+        if let Some(y) = flex_rms_norm(&x, w, eps) {
+            return y;
+        }
     }
     let variance = x.clone().powi_scalar(2).mean_dim(1);
     let normed = x * (variance + eps).sqrt().recip();
@@ -638,12 +646,16 @@ impl<B: Backend> CausalLm<B> for Transformer<B> {
                     matmul(h, &layer.w_up, self.packed(&pk.w_up)),
                 ),
             };
-            let gate = if gemma {
-                gelu_tanh(gate)
+            let gated = if gemma {
+                gelu_tanh(gate) * up
             } else {
-                longctx_cpu_kernels::flex::flex_silu(gate).unwrap_or_else(silu)
+                // One parallel pass on flex (views of a merged product read in place).
+                match flex_silu_mul(&gate, &up) {
+                    Some(gated) => gated,
+                    None => flex_silu(gate).unwrap_or_else(silu) * up,
+                }
             };
-            let mut out = matmul(gate * up, &layer.w_down, self.packed(&pk.w_down));
+            let mut out = matmul(gated, &layer.w_down, self.packed(&pk.w_down));
             if let Some(norm) = &layer.post_mlp_norm {
                 out = rms_norm(out, norm, c.rms_norm_eps);
             }

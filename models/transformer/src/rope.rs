@@ -77,6 +77,10 @@ impl Rope {
         cos2: &Tensor<B, 3>,
         sin_signed: &Tensor<B, 3>,
     ) -> Tensor<B, 2> {
+        // One parallel pass on flex, with the same products and sums.
+        if let Some(y) = longctx_cpu_kernels::flex::flex_rope(&x, cos2, sin_signed) {
+            return y;
+        }
         let [t, width] = x.dims();
         let d = cos2.dims()[2];
         let heads = x.reshape([t, width / d, d]);
