@@ -246,7 +246,7 @@ pub fn run_on<J: BackendJob>(kind: BackendKind, job: J) -> Result<J::Output> {
 
 /// Whether the CUDA backend runs through burn-fusion: only when the environment variable
 /// `LONGCTX_CUDA_FUSION` is `1`, `on` or `true`. Unfused, with the custom RMSNorm and decode
-/// attention kernels, decoded SmolLM2-135M at 84-88 tokens/s on an H100 at 512 to 8,000 tokens
+/// attention kernels, decoded SmolLM2-135M at 84-85 tokens/s on an H100 at 512 to 8,000 tokens
 /// (`results/perf/smollm2-135m__cuda__nvidia-h100__split-kernels-2026-12-06.json`); fused, with
 /// burn's ops, at 43-48 on an H200 (`..._nvidia-h200__fused-2026-12-05.json`), prefill within
 /// 15% of unfused at every length there.

@@ -1,7 +1,6 @@
 //! Row-wise kernels of a transformer layer that burn's flex backend runs as several
-//! single-threaded passes: RMSNorm (seven ops), rotary embedding (a strided flip, then three
-//! element-wise ops) and SwiGLU's `silu(gate) * up` (two). At 7,800 prompt tokens SmolLM2-135M's
-//! prefill kept the two cores busy only 1.43 of the time; these run in one parallel pass each.
+//! passes: RMSNorm (seven ops), rotary embedding (a strided flip, then three element-wise
+//! ops) and SwiGLU's `silu(gate) * up` (two). These run in one parallel pass each.
 //!
 //! Inputs are [`RowsRef`]: rows of a buffer with unit stride inside a row and any row stride
 //! (slices of a wider product are read in place). Outputs are contiguous `[rows, cols]`.

@@ -32,8 +32,8 @@ pub type CudaUnfused = CubeBackend<cubecl::cuda::CudaRuntime, f32, i32, u8>;
 /// On CUDA they are on unless `LONGCTX_GPU_KERNELS=0` (for A/B runs). Their first H100 run
 /// (2026-12-05) gave non-finite logits: outputs were allocated with `empty_tensor`, which may
 /// pitch rows on CUDA, and written as if contiguous; allocated contiguous since, they gave the
-/// CPU's greedy continuation token for token on an H100 (2026-12-06,
-/// `scripts/device/cuda-kernels-check.sh`).
+/// CPU's greedy continuation token for token on an H100
+/// (`results/perf/cuda-kernels-greedy-check-h100-2026-12-06.txt`).
 pub fn supported<B: Backend>() -> bool {
     let b = TypeId::of::<B>();
     #[cfg(feature = "cuda")]
