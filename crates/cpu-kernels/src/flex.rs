@@ -183,6 +183,17 @@ fn rows_of(tensor: &FlexTensor) -> Option<RowsRef<'_>> {
     })
 }
 
+/// A new `[rows, cols]` flex tensor filled by `fill`.
+fn new_rows<B: Backend>(
+    rows: usize,
+    cols: usize,
+    fill: impl FnOnce(&mut [f32]),
+) -> Option<Tensor<B, 2>> {
+    let mut out = vec![0f32; rows * cols];
+    fill(&mut out);
+    from_flex(FlexTensor::from_data(TensorData::new(out, [rows, cols])))
+}
+
 /// RMSNorm of each row of `x` `[N, W]` with gain `w` `[W]` in one parallel pass (see
 /// [`rows::rms_norm`]); `None` for other backends, dtypes or layouts.
 pub fn flex_rms_norm<B: Backend>(
@@ -195,12 +206,9 @@ pub fn flex_rms_norm<B: Backend>(
     if ws.len() != xs.cols {
         return None;
     }
-    let mut out = vec![0f32; xs.rows * xs.cols];
-    rows::rms_norm(xs, ws, eps as f32, &mut out);
-    from_flex(FlexTensor::from_data(TensorData::new(
-        out,
-        [xs.rows, xs.cols],
-    )))
+    new_rows(xs.rows, xs.cols, |out| {
+        rows::rms_norm(xs, ws, eps as f32, out)
+    })
 }
 
 /// Rotary embedding of every head of `x` `[T, H * D]` with `cos2` / `sin_signed` `[T, 1, D]`
@@ -216,18 +224,11 @@ pub fn flex_rope<B: Backend>(
     let (cos2, sin_signed) = (to_flex(cos2.clone())?, to_flex(sin_signed.clone())?);
     let xs = rows_of(&x)?;
     let (cs, ss) = (contiguous_f32(&cos2)?, contiguous_f32(&sin_signed)?);
-    if xs.rows != t || d == 0 || d % 2 != 0 || xs.cols % d != 0 || cs.len() != t * d {
+    let tables_fit = cs.len() == t * d && ss.len() == t * d;
+    if xs.rows != t || d == 0 || d % 2 != 0 || xs.cols % d != 0 || !tables_fit {
         return None;
     }
-    if ss.len() != t * d {
-        return None;
-    }
-    let mut out = vec![0f32; xs.rows * xs.cols];
-    rows::rope(xs, d, cs, ss, &mut out);
-    from_flex(FlexTensor::from_data(TensorData::new(
-        out,
-        [xs.rows, xs.cols],
-    )))
+    new_rows(xs.rows, xs.cols, |out| rows::rope(xs, d, cs, ss, out))
 }
 
 /// `silu(gate) * up` for `gate`, `up` `[N, F]` (views of a wider product included) in one
@@ -238,12 +239,7 @@ pub fn flex_silu_mul<B: Backend>(gate: &Tensor<B, 2>, up: &Tensor<B, 2>) -> Opti
     if (gs.rows, gs.cols) != (us.rows, us.cols) {
         return None;
     }
-    let mut out = vec![0f32; gs.rows * gs.cols];
-    rows::silu_mul(gs, us, &mut out);
-    from_flex(FlexTensor::from_data(TensorData::new(
-        out,
-        [gs.rows, gs.cols],
-    )))
+    new_rows(gs.rows, gs.cols, |out| rows::silu_mul(gs, us, out))
 }
 
 /// SiLU of an f32 flex tensor with the vectorised `exp` (in place when the buffer is not

@@ -259,10 +259,8 @@ fn rms_norm<B: Backend>(x: Tensor<B, 2>, w: &Tensor<B, 1>, eps: f64) -> Tensor<B
         return y;
     }
     // One parallel pass instead of seven single-threaded ops on flex.
-    if is_flex::<B>() {
-        if let Some(y) = flex_rms_norm(&x, w, eps) {
-            return y;
-        }
+    if let Some(y) = flex_rms_norm(&x, w, eps) {
+        return y;
     }
     let variance = x.clone().powi_scalar(2).mean_dim(1);
     let normed = x * (variance + eps).sqrt().recip();
