@@ -6,7 +6,7 @@ use std::time::Instant;
 
 use burn::backend::Flex;
 use burn::tensor::{activation::silu, Distribution, Tensor};
-use longctx_cpu_kernels::flex::{flex_quant_matmul, flex_skinny_matmul};
+use longctx_cpu_kernels::flex::{flex_matmul, flex_quant_matmul, flex_skinny_matmul};
 use longctx_cpu_kernels::{flex::flex_attention, QuantFormat, QuantMatrix, Visibility};
 
 fn time<T>(label: &str, flops: f64, reps: usize, mut f: impl FnMut() -> T) {
@@ -103,12 +103,31 @@ fn main() {
         time(label, 2.0 * (t * 576 * n) as f64, 5, || {
             x.clone().matmul(w.clone())
         });
+        time(
+            &format!("{label} direct gemm"),
+            2.0 * (t * 576 * n) as f64,
+            5,
+            || flex_matmul(&x, &w).unwrap(),
+        );
+        let wt = rand([n, 576]).transpose();
+        time(
+            &format!("{label} direct gemm, [n,k]^T"),
+            2.0 * (t * 576 * n) as f64,
+            5,
+            || flex_matmul(&x, &wt).unwrap(),
+        );
     }
     let h = rand([t, 1536]);
     let w = rand([1536, 576]);
     time("down 1536x576", 2.0 * (t * 576 * 1536) as f64, 5, || {
         h.clone().matmul(w.clone())
     });
+    time(
+        "down 1536x576 direct gemm",
+        2.0 * (t * 576 * 1536) as f64,
+        5,
+        || flex_matmul(&h, &w).unwrap(),
+    );
     time("silu [T,1536]", 0.0, 5, || silu(h.clone()));
     time("mul [T,1536]", 0.0, 5, || h.clone() * h.clone());
     time("rms-ish [T,576]", 0.0, 5, || {

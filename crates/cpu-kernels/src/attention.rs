@@ -9,7 +9,7 @@
 
 use rayon::prelude::*;
 
-use crate::simd::{self, dispatch};
+use crate::simd::{self, dispatch, MulAdd};
 
 /// Keys per tile: a transposed `[D, 64]` key tile and the `[rows, 64]` scores stay in L1/L2.
 const KEY_TILE: usize = 64;
@@ -303,11 +303,11 @@ struct Partial {
     acc: Vec<f32>,
 }
 
-dispatch!(fn run_item(job: &Job<'_>, kv_head: usize, block: usize, tiles: std::ops::Range<usize>) -> Partial => item_body);
+dispatch!(fn run_item(job: &Job<'_>, kv_head: usize, block: usize, tiles: std::ops::Range<usize>) -> Partial => item_body::<Madd>);
 
 /// One work item: rows ordered group-major (`r = g * rows_t + ti`).
 #[inline(always)]
-fn item_body(
+fn item_body<M: MulAdd>(
     job: &Job<'_>,
     kv_head: usize,
     block: usize,
@@ -382,7 +382,7 @@ fn item_body(
         for dd in 0..d {
             keys_t[dd * KEY_TILE + width..(dd + 1) * KEY_TILE].fill(0.0);
         }
-        scores_of(&queries, &keys_t, &mut scores, rows, d);
+        scores_of::<M>(&queries, &keys_t, &mut scores, rows, d);
 
         for r in 0..rows {
             let row = &mut scores[r * KEY_TILE..(r + 1) * KEY_TILE];
@@ -415,7 +415,7 @@ fn item_body(
             state.max[r] = new_max;
         }
         let values = &v.data[v.start(kv_head, j0)..];
-        accumulate_values(
+        accumulate_values::<M>(
             &scores,
             values,
             v.row_stride,
@@ -455,7 +455,13 @@ fn lane_sum(row: &[f32; KEY_TILE]) -> f32 {
 /// `scores[r, j] = sum_d queries[r, d] * keys_t[d, j]` for a `[rows, D]` query block and a
 /// transposed `[D, 64]` key tile; four rows at a time so the 64-wide rows stay in registers.
 #[inline(always)]
-fn scores_of(queries: &[f32], keys_t: &[f32], scores: &mut [f32], rows: usize, d: usize) {
+fn scores_of<M: MulAdd>(
+    queries: &[f32],
+    keys_t: &[f32],
+    scores: &mut [f32],
+    rows: usize,
+    d: usize,
+) {
     let mut r = 0;
     while r + 4 <= rows {
         let mut acc = [[0f32; KEY_TILE]; 4];
@@ -466,7 +472,7 @@ fn scores_of(queries: &[f32], keys_t: &[f32], scores: &mut [f32], rows: usize, d
             for (i, acc) in acc.iter_mut().enumerate() {
                 let x = queries[(r + i) * d + dd];
                 for (a, kk) in acc.iter_mut().zip(key) {
-                    *a += x * kk;
+                    *a = M::mul_add(x, *kk, *a);
                 }
             }
         }
@@ -483,7 +489,7 @@ fn scores_of(queries: &[f32], keys_t: &[f32], scores: &mut [f32], rows: usize, d
                 .unwrap();
             let x = queries[r * d + dd];
             for (a, kk) in acc.iter_mut().zip(key) {
-                *a += x * kk;
+                *a = M::mul_add(x, *kk, *a);
             }
         }
         scores[r * KEY_TILE..(r + 1) * KEY_TILE].copy_from_slice(&acc);
@@ -494,7 +500,7 @@ fn scores_of(queries: &[f32], keys_t: &[f32], scores: &mut [f32], rows: usize, d
 /// (`values` starts at the tile's first row, rows `stride` apart), 64 output columns and four
 /// rows at a time.
 #[inline(always)]
-fn accumulate_values(
+fn accumulate_values<M: MulAdd>(
     p: &[f32],
     values: &[f32],
     stride: usize,
@@ -518,7 +524,7 @@ fn accumulate_values(
                     for (i, out) in out.iter_mut().enumerate() {
                         let w = p[(r + i) * KEY_TILE + j];
                         for (o, x) in out.iter_mut().zip(value) {
-                            *o += w * x;
+                            *o = M::mul_add(w, *x, *o);
                         }
                     }
                 }
@@ -538,7 +544,7 @@ fn accumulate_values(
                         .unwrap();
                     let w = p[r * KEY_TILE + j];
                     for (o, x) in out.iter_mut().zip(value) {
-                        *o += w * x;
+                        *o = M::mul_add(w, *x, *o);
                     }
                 }
                 for (a, o) in acc[r * d_v + c0..r * d_v + c0 + COLS].iter_mut().zip(&out) {
@@ -551,7 +557,7 @@ fn accumulate_values(
                     let w = p[r * KEY_TILE + j];
                     let value = &values[j * stride + c0..j * stride + c0 + cols];
                     for (a, x) in acc[r * d_v + c0..r * d_v + c0 + cols].iter_mut().zip(value) {
-                        *a += w * x;
+                        *a = M::mul_add(w, *x, *a);
                     }
                 }
             }

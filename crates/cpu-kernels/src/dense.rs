@@ -111,6 +111,62 @@ fn rows_nk_body(x: &[f32], m: usize, k: usize, w: &[f32], c0: usize, c1: usize, 
     }
 }
 
+/// `y = x W` for `x` `[m, k]` (contiguous) and `W` `[k, n]` read with strides
+/// (`W[i, j] = w[i * w_row_stride + j * w_col_stride]`: a row-major `[k, n]` buffer or the
+/// transposed view of an `[n, k]` one), into `y` `[m, n]` (overwritten); the `gemm` crate's
+/// kernels, split over rayon's pool.
+///
+/// Panics when a buffer is too short for its shape (a caller's bug).
+#[allow(clippy::too_many_arguments)]
+pub fn gemm_strided(
+    x: &[f32],
+    m: usize,
+    k: usize,
+    w: &[f32],
+    w_row_stride: usize,
+    w_col_stride: usize,
+    n: usize,
+    y: &mut [f32],
+) {
+    assert_eq!(x.len(), m * k, "gemm: x is [m, k]");
+    assert_eq!(y.len(), m * n, "gemm: y is [m, n]");
+    if m == 0 || n == 0 {
+        return;
+    }
+    if k == 0 {
+        y.fill(0.0);
+        return;
+    }
+    let last = (k - 1) * w_row_stride + (n - 1) * w_col_stride;
+    assert!(last < w.len(), "gemm: weight view ends past its buffer");
+    // SAFETY: the asserts above keep every index gemm reads or writes inside the slices
+    // (x: r * k + i, w: i * w_row_stride + j * w_col_stride, y: r * n + j), and `y` is an
+    // exclusive borrow that aliases neither input.
+    unsafe {
+        gemm::gemm(
+            m,
+            n,
+            k,
+            y.as_mut_ptr(),
+            1,
+            n as isize,
+            false,
+            x.as_ptr(),
+            1,
+            k as isize,
+            w.as_ptr(),
+            w_col_stride as isize,
+            w_row_stride as isize,
+            0.0f32,
+            1.0f32,
+            false,
+            false,
+            false,
+            gemm::Parallelism::Rayon(rayon::current_num_threads()),
+        )
+    }
+}
+
 /// SiLU `x / (1 + e^-x)` in place, with the vectorisable `exp`; parallel in chunks.
 pub fn silu_in_place(x: &mut [f32]) {
     x.par_chunks_mut(1 << 14).for_each(silu_chunk);
@@ -164,6 +220,41 @@ mod tests {
                 "{a} {b} {w}"
             );
         }
+    }
+
+    #[test]
+    fn strided_gemm_matches_a_direct_loop_in_both_weight_layouts() {
+        let (m, k, n) = (37, 70, 45);
+        let x = values(m * k, 4);
+        let w_kn = values(k * n, 5);
+        let w_nk: Vec<f32> = (0..n * k)
+            .map(|idx| w_kn[(idx % k) * n + idx / k])
+            .collect();
+        let mut want = vec![0f64; m * n];
+        for r in 0..m {
+            for j in 0..n {
+                want[r * n + j] = (0..k)
+                    .map(|i| x[r * k + i] as f64 * w_kn[i * n + j] as f64)
+                    .sum();
+            }
+        }
+        let mut y = vec![f32::NAN; m * n];
+        gemm_strided(&x, m, k, &w_kn, n, 1, n, &mut y);
+        let mut y2 = vec![f32::NAN; m * n];
+        gemm_strided(&x, m, k, &w_nk, 1, k, n, &mut y2);
+        for ((a, b), w) in y.iter().zip(&y2).zip(&want) {
+            assert!(
+                (*a as f64 - w).abs() < 1e-4 && (*b as f64 - w).abs() < 1e-4,
+                "{a} {b} {w}"
+            );
+        }
+    }
+
+    #[test]
+    #[should_panic(expected = "weight view ends past its buffer")]
+    fn strided_gemm_rejects_a_short_weight() {
+        let mut y = vec![0f32; 4];
+        gemm_strided(&[1.0; 6], 2, 3, &[1.0; 5], 2, 1, 2, &mut y);
     }
 
     #[test]

@@ -2,21 +2,32 @@
 //! once per target-feature set and the widest one the CPU has is picked at run time, so a
 //! binary built for generic x86-64 still uses AVX-512 or AVX2 where present.
 
-/// Defines `pub(crate) fn $name($args) -> $ret` that calls `$body` (an `#[inline(always)]`
-/// function) inside a clone compiled with AVX-512, AVX2+FMA or the baseline, chosen once per
-/// call by CPU feature detection (cached by std).
+/// Defines `fn $name($args) -> $ret` that calls `$body` (an `#[inline(always)]` function)
+/// inside a clone compiled with AVX-512, AVX2+FMA or the baseline, chosen once per call by CPU
+/// feature detection (cached by std).
+///
+/// With `$body::<Madd>`, the body is generic over [`MulAdd`] and gets [`Fused`] in the clones
+/// that have FMA and [`Separate`] in the baseline: Rust never contracts `a * b + c` into an
+/// FMA by itself, which left the attention loops at half their throughput.
 macro_rules! dispatch {
+    (fn $name:ident($($arg:ident : $ty:ty),* $(,)?) $(-> $ret:ty)? => $body:ident::<Madd>) => {
+        $crate::simd::dispatch!(@clones $name($($arg: $ty),*) $(-> $ret)?,
+            $body::<$crate::simd::Fused>, $body::<$crate::simd::Separate>);
+    };
     (fn $name:ident($($arg:ident : $ty:ty),* $(,)?) $(-> $ret:ty)? => $body:path) => {
+        $crate::simd::dispatch!(@clones $name($($arg: $ty),*) $(-> $ret)?, $body, $body);
+    };
+    (@clones $name:ident($($arg:ident : $ty:ty),*) $(-> $ret:ty)?, $fused:path, $plain:path) => {
         #[allow(clippy::too_many_arguments)]
         fn $name($($arg: $ty),*) $(-> $ret)? {
             #[cfg(target_arch = "x86_64")]
             {
                 #[allow(clippy::too_many_arguments)]
                 #[target_feature(enable = "avx512f,avx512vl,avx2,fma,f16c")]
-                unsafe fn wide($($arg: $ty),*) $(-> $ret)? { $body($($arg),*) }
+                unsafe fn wide($($arg: $ty),*) $(-> $ret)? { $fused($($arg),*) }
                 #[allow(clippy::too_many_arguments)]
                 #[target_feature(enable = "avx2,fma,f16c")]
-                unsafe fn avx2($($arg: $ty),*) $(-> $ret)? { $body($($arg),*) }
+                unsafe fn avx2($($arg: $ty),*) $(-> $ret)? { $fused($($arg),*) }
                 if std::arch::is_x86_feature_detected!("avx512f")
                     && std::arch::is_x86_feature_detected!("avx512vl")
                 {
@@ -31,11 +42,37 @@ macro_rules! dispatch {
                     return unsafe { avx2($($arg),*) };
                 }
             }
-            $body($($arg),*)
+            $plain($($arg),*)
         }
     };
 }
 pub(crate) use dispatch;
+
+/// `a * b + c`, as one fused instruction where the clone has FMA ([`Fused`]) or as a multiply
+/// and an add ([`Separate`], for the baseline target, where `mul_add` would call libm).
+pub(crate) trait MulAdd {
+    fn mul_add(a: f32, b: f32, c: f32) -> f32;
+}
+
+/// [`MulAdd`] by `f32::mul_add`: one rounding, one instruction under `fma`.
+pub(crate) struct Fused;
+
+impl MulAdd for Fused {
+    #[inline(always)]
+    fn mul_add(a: f32, b: f32, c: f32) -> f32 {
+        a.mul_add(b, c)
+    }
+}
+
+/// [`MulAdd`] as a multiply then an add.
+pub(crate) struct Separate;
+
+impl MulAdd for Separate {
+    #[inline(always)]
+    fn mul_add(a: f32, b: f32, c: f32) -> f32 {
+        a * b + c
+    }
+}
 
 /// `e^x` in f32 by range reduction to `[-ln2/2, ln2/2]` and a degree-6 Taylor polynomial
 /// (relative error below 2e-7); written with plain arithmetic so loops over it vectorise.
