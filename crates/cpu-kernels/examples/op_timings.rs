@@ -1,7 +1,7 @@
 //! Times the operations of one SmolLM2-135M layer on flex at a prompt length (release build):
 //! `cargo run --release -p longctx-cpu-kernels --example op_timings -- 2048`, then the decode
 //! step's products (one row) over f32 weights and over Q4_0/Q4_1/Q8_0 blocks;
-//! `-- decode` times only those.
+//! `-- decode` times only those, `-- attention 4000` only the prefill attention kernel.
 use std::time::Instant;
 
 use burn::backend::Flex;
@@ -85,10 +85,31 @@ fn decode_products() {
     }
 }
 
+/// Only the prefill attention kernel at `t` tokens, `reps` times (for a profiler).
+fn attention_only(t: usize, reps: usize) {
+    let device = Default::default();
+    let q = Tensor::<Flex, 4>::random([1, 9, t, 64], Distribution::Default, &device);
+    let k = Tensor::<Flex, 4>::random([1, 3, t, 64], Distribution::Default, &device);
+    let pos: Vec<usize> = (0..t).collect();
+    let vis = Visibility {
+        query_positions: &pos,
+        key_positions: &pos,
+        ..Default::default()
+    };
+    let att_flops = 9.0 * 2.0 * 2.0 * (t * t) as f64 / 2.0 * 64.0;
+    time("attention kernel (causal)", att_flops, reps, || {
+        flex_attention(&q, &k, &k, 0.125, &vis).unwrap()
+    });
+}
+
 fn main() {
-    if std::env::args().nth(1).as_deref() == Some("decode") {
-        decode_products();
-        return;
+    match std::env::args().nth(1).as_deref() {
+        Some("decode") => return decode_products(),
+        Some("attention") => {
+            let t = std::env::args().nth(2).map_or(2048, |s| s.parse().unwrap());
+            return attention_only(t, 10);
+        }
+        _ => {}
     }
     let t: usize = std::env::args().nth(1).map_or(2048, |s| s.parse().unwrap());
     let device = Default::default();

@@ -4,7 +4,7 @@
 
 use rayon::prelude::*;
 
-use crate::simd::{self, dispatch};
+use crate::simd::{self, dispatch, MulAdd};
 
 /// Output columns per parallel task: long enough rows to stream, small enough to balance.
 const COLUMNS_PER_TASK: usize = 512;
@@ -167,23 +167,134 @@ pub fn gemm_strided(
     }
 }
 
+/// A read-only strided matrix: element `(i, j)` is `data[i * row_stride + j * col_stride]`.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Strided<'a> {
+    pub data: &'a [f32],
+    pub rows: usize,
+    pub cols: usize,
+    pub row_stride: usize,
+    pub col_stride: usize,
+}
+
+impl Strided<'_> {
+    /// Panics with `name` unless every element lies inside `data`.
+    fn check(&self, name: &str) {
+        if self.rows > 0 && self.cols > 0 {
+            let last = (self.rows - 1) * self.row_stride + (self.cols - 1) * self.col_stride;
+            assert!(
+                last < self.data.len(),
+                "gemm: {name} view ends past its buffer"
+            );
+        }
+    }
+}
+
+/// `dst = lhs rhs`, or `dst += lhs rhs` with `accumulate`, on the calling thread (for work
+/// items that are already parallel): `lhs` `[m, k]`, `rhs` `[k, n]`, `dst` `[m, n]` with rows
+/// `dst_row_stride` apart. The `gemm` crate's kernels (AVX-512 where present) read both
+/// operands in place, transposed views included.
+///
+/// Panics when shapes disagree or a view leaves its buffer (a caller's bug).
+pub(crate) fn gemm_serial(
+    lhs: Strided<'_>,
+    rhs: Strided<'_>,
+    dst: &mut [f32],
+    dst_row_stride: usize,
+    accumulate: bool,
+) {
+    let (m, k, n) = (lhs.rows, lhs.cols, rhs.cols);
+    assert_eq!(rhs.rows, k, "gemm: inner dimensions differ");
+    if m == 0 || n == 0 {
+        return;
+    }
+    assert!(n <= dst_row_stride || m == 1, "gemm: dst rows overlap");
+    assert!(
+        (m - 1) * dst_row_stride + n <= dst.len(),
+        "gemm: dst view ends past its buffer"
+    );
+    if k == 0 {
+        if !accumulate {
+            for r in 0..m {
+                dst[r * dst_row_stride..r * dst_row_stride + n].fill(0.0);
+            }
+        }
+        return;
+    }
+    lhs.check("lhs");
+    rhs.check("rhs");
+    // SAFETY: the asserts above keep every element gemm reads (through the two views) or
+    // writes (`dst[r * dst_row_stride + j]`, `r < m`, `j < n`) inside its slice; `dst` is an
+    // exclusive borrow, so it aliases neither operand.
+    unsafe {
+        gemm::gemm(
+            m,
+            n,
+            k,
+            dst.as_mut_ptr(),
+            1,
+            dst_row_stride as isize,
+            accumulate,
+            lhs.data.as_ptr(),
+            lhs.col_stride as isize,
+            lhs.row_stride as isize,
+            rhs.data.as_ptr(),
+            rhs.col_stride as isize,
+            rhs.row_stride as isize,
+            1.0f32,
+            1.0f32,
+            false,
+            false,
+            false,
+            gemm::Parallelism::None,
+        )
+    }
+}
+
 /// SiLU `x / (1 + e^-x)` in place, with the vectorisable `exp`; parallel in chunks.
 pub fn silu_in_place(x: &mut [f32]) {
     x.par_chunks_mut(1 << 14).for_each(silu_chunk);
 }
 
-dispatch!(fn silu_chunk(x: &mut [f32]) => silu_body);
+dispatch!(fn silu_chunk(x: &mut [f32]) => silu_body::<Madd>);
 
 #[inline(always)]
-fn silu_body(x: &mut [f32]) {
+fn silu_body<M: MulAdd>(x: &mut [f32]) {
     for v in x.iter_mut() {
-        *v /= 1.0 + simd::exp(-*v);
+        *v /= 1.0 + simd::exp_with::<M>(-*v);
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn serial_gemm_reads_transposed_views_and_accumulates() {
+        // lhs [2, 3] row-major; rhs [3, 2] as the transposed view of a row-major [2, 3].
+        let a = [1.0, 2.0, 3.0, 4.0, 5.0, 6.0];
+        let b = [1.0, 0.0, -1.0, 2.0, 1.0, 0.5];
+        let lhs = Strided {
+            data: &a,
+            rows: 2,
+            cols: 3,
+            row_stride: 3,
+            col_stride: 1,
+        };
+        let rhs = Strided {
+            data: &b,
+            rows: 3,
+            cols: 2,
+            row_stride: 1,
+            col_stride: 3,
+        };
+        // Rows 4 apart, the last two columns of each row untouched.
+        let mut dst = [9.0f32; 8];
+        gemm_serial(lhs, rhs, &mut dst, 4, false);
+        assert_eq!(dst, [-2.0, 5.5, 9.0, 9.0, -2.0, 16.0, 9.0, 9.0]);
+        gemm_serial(lhs, rhs, &mut dst, 4, true);
+        assert_eq!(dst, [-4.0, 11.0, 9.0, 9.0, -4.0, 32.0, 9.0, 9.0]);
+    }
 
     fn values(n: usize, seed: u32) -> Vec<f32> {
         (0..n)

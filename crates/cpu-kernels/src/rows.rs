@@ -7,7 +7,7 @@
 
 use rayon::prelude::*;
 
-use crate::simd::{self, dispatch};
+use crate::simd::{self, dispatch, MulAdd};
 
 /// Elements per parallel task: big enough to amortise rayon, small enough to balance two cores.
 const ELEMENTS_PER_TASK: usize = 1 << 14;
@@ -177,14 +177,14 @@ pub fn silu_mul(gate: RowsRef<'_>, up: RowsRef<'_>, out: &mut [f32]) {
     });
 }
 
-dispatch!(fn silu_mul_block(gate: RowsRef<'_>, up: RowsRef<'_>, first: usize, out: &mut [f32]) => silu_mul_body);
+dispatch!(fn silu_mul_block(gate: RowsRef<'_>, up: RowsRef<'_>, first: usize, out: &mut [f32]) => silu_mul_body::<Madd>);
 
 #[inline(always)]
-fn silu_mul_body(gate: RowsRef<'_>, up: RowsRef<'_>, first: usize, out: &mut [f32]) {
+fn silu_mul_body<M: MulAdd>(gate: RowsRef<'_>, up: RowsRef<'_>, first: usize, out: &mut [f32]) {
     for (i, dst) in out.chunks_exact_mut(gate.cols).enumerate() {
         let (g, u) = (gate.row(first + i), up.row(first + i));
         for ((o, g), u) in dst.iter_mut().zip(g).zip(u) {
-            *o = g / (1.0 + simd::exp(-g)) * u;
+            *o = g / (1.0 + simd::exp_with::<M>(-g)) * u;
         }
     }
 }
