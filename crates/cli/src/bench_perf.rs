@@ -140,7 +140,8 @@ fn slug(text: &str) -> String {
         .join("-")
 }
 
-/// Runs the benchmark and writes `<out>/<model>__<backend>__<machine>.json`.
+/// Runs the benchmark and writes `<out>/<model>__<backend>__<machine>__<date>.json` (with
+/// `-2`, `-3`, ... after the date when that name is taken: earlier records are never replaced).
 pub fn bench_perf(args: BenchPerfArgs) -> Result<()> {
     let peers = args
         .peers
@@ -256,12 +257,14 @@ pub fn bench_perf(args: BenchPerfArgs) -> Result<()> {
     } else {
         format!("{} {}cpu", machine.cpu, machine.logical_cpus)
     };
-    let file = format!(
-        "{}__{}__{}.json",
+    let stem = format!(
+        "{}__{}__{}__{}",
         slug(&args.model),
         info.kind.name(),
-        slug(machine_name.split(',').next().unwrap_or(""))
+        slug(machine_name.split(',').next().unwrap_or("")),
+        &started_at[..started_at.len().min(10)]
     );
+    let file = unused_name(&args.out, &stem);
     let mut provenance = Provenance::collect(info, Default::default(), String::new(), started_at);
     provenance.finished_at = crate::backends_check::now();
     let record = PerfRecord {
@@ -287,9 +290,41 @@ fn settings_environment(vars: impl Iterator<Item = (String, String)>) -> BTreeMa
         .collect()
 }
 
+/// `<stem>.json`, or `<stem>-2.json`, `<stem>-3.json`, ... : the first name not yet in `dir`.
+fn unused_name(dir: &std::path::Path, stem: &str) -> String {
+    (1..)
+        .map(|n| match n {
+            1 => format!("{stem}.json"),
+            n => format!("{stem}-{n}.json"),
+        })
+        .find(|name| !dir.join(name).exists())
+        .expect("some numbered name is free")
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn record_names_never_replace_an_earlier_record() {
+        let dir = std::env::temp_dir().join(format!("longctx-perf-names-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        assert_eq!(
+            unused_name(&dir, "m__cpu__x__2026-12-06"),
+            "m__cpu__x__2026-12-06.json"
+        );
+        std::fs::write(dir.join("m__cpu__x__2026-12-06.json"), "{}").unwrap();
+        assert_eq!(
+            unused_name(&dir, "m__cpu__x__2026-12-06"),
+            "m__cpu__x__2026-12-06-2.json"
+        );
+        std::fs::write(dir.join("m__cpu__x__2026-12-06-2.json"), "{}").unwrap();
+        assert_eq!(
+            unused_name(&dir, "m__cpu__x__2026-12-06"),
+            "m__cpu__x__2026-12-06-3.json"
+        );
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
 
     #[test]
     fn records_keep_the_backend_settings_from_the_environment() {
