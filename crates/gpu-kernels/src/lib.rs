@@ -18,6 +18,9 @@ use burn::tensor::{backend::Backend, DType, Tensor, TensorPrimitive};
 use burn_cubecl::{tensor::CubeTensor, CubeBackend, CubeRuntime};
 use cubecl::prelude::{CubeCount, CubeDim, TensorArg};
 
+mod matvec;
+pub use matvec::{contiguous, matvec_residual, norm_matvec, norm_matvec_silu_gate_up, rope_split};
+
 /// Units per cube: a power of two (the reductions halve it).
 const BLOCK: usize = 256;
 
@@ -54,7 +57,7 @@ fn cuda_enabled(value: Option<&str>) -> bool {
 }
 
 /// The CubeCL tensor under a burn float tensor of backend `C` (`B` must be `C`).
-fn cube_of<B: Backend, C: Backend, R: CubeRuntime, const D: usize>(
+pub(crate) fn cube_of<B: Backend, C: Backend, R: CubeRuntime, const D: usize>(
     tensor: Tensor<B, D>,
 ) -> Option<CubeTensor<R>> {
     if TypeId::of::<B>() != TypeId::of::<C>() {
@@ -65,7 +68,9 @@ fn cube_of<B: Backend, C: Backend, R: CubeRuntime, const D: usize>(
 }
 
 /// A burn tensor of backend `B` around a CubeCL tensor.
-fn tensor_of<B: Backend, R: CubeRuntime, const D: usize>(t: CubeTensor<R>) -> Option<Tensor<B, D>> {
+pub(crate) fn tensor_of<B: Backend, R: CubeRuntime, const D: usize>(
+    t: CubeTensor<R>,
+) -> Option<Tensor<B, D>> {
     let primitive: Box<dyn Any> = Box::new(t);
     let primitive = primitive.downcast::<B::FloatTensorPrimitive>().ok()?;
     Some(Tensor::from_primitive(TensorPrimitive::Float(*primitive)))
@@ -281,7 +286,7 @@ mod kernels {
 }
 
 /// The launch argument for `t`, read through its own strides (views included).
-fn tensor_arg<R: CubeRuntime>(t: &CubeTensor<R>) -> TensorArg<R> {
+pub(crate) fn tensor_arg<R: CubeRuntime>(t: &CubeTensor<R>) -> TensorArg<R> {
     // SAFETY: the handle, strides and shape are the tensor's own, so every index the kernels
     // compute from them stays inside its buffer.
     unsafe {
@@ -296,7 +301,7 @@ fn tensor_arg<R: CubeRuntime>(t: &CubeTensor<R>) -> TensorArg<R> {
 /// A new contiguous f32 tensor of `shape` on `like`'s device. Contiguous on purpose: the
 /// kernels write outputs by row-major index, and cubecl may pad ("pitch") the rows of a plain
 /// new tensor on CUDA, which WGPU never does.
-fn empty_f32<R: CubeRuntime>(like: &CubeTensor<R>, shape: Vec<usize>) -> CubeTensor<R> {
+pub(crate) fn empty_f32<R: CubeRuntime>(like: &CubeTensor<R>, shape: Vec<usize>) -> CubeTensor<R> {
     burn_cubecl::ops::numeric::empty_device_contiguous_dtype(
         like.client.clone(),
         like.device.clone(),

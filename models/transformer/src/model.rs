@@ -158,6 +158,31 @@ struct MergedProjections<B: Backend> {
     qkv_bias: Option<Tensor<B, 1>>,
     /// `[hidden, 2 F]`: `w_gate | w_up`.
     gate_up: Tensor<B, 2>,
+    /// The same weights as rows, for one-token steps on burn's unfused GPU backends.
+    decode_rows: Option<DecodeRows<B>>,
+}
+
+/// One layer's weights as rows `[N, K]` (unit stride along the input `K`) for the one-token
+/// kernels of `longctx_gpu_kernels`, which read a row per plane with coalesced loads; the
+/// layer's `[K, N]` weights (and `MergedProjections`' `qkv`, `gate_up`) are transposed views
+/// of these, so nothing is stored twice. Present only on the backends those kernels run on,
+/// for f32 layers of the plain Llama shape (no biases, no extra norms).
+#[derive(Clone, Debug)]
+struct DecodeRows<B: Backend> {
+    /// `[(H_q + 2 H_kv) D, hidden]`
+    qkv: Tensor<B, 2>,
+    /// `[hidden, H_q D]`
+    wo: Tensor<B, 2>,
+    /// `[2 F, hidden]`: gate rows, then up rows.
+    gate_up: Tensor<B, 2>,
+    /// `[hidden, F]`
+    w_down: Tensor<B, 2>,
+}
+
+/// `w` `[K, N]` stored as rows `[N, K]`, and `w` again as a transposed view of them.
+fn as_rows<B: Backend>(w: Tensor<B, 2>) -> (Tensor<B, 2>, Tensor<B, 2>) {
+    let rows = longctx_gpu_kernels::contiguous(w.transpose());
+    (rows.clone(), rows.transpose())
 }
 
 impl<B: Backend> MergedProjections<B> {
@@ -167,11 +192,34 @@ impl<B: Backend> MergedProjections<B> {
     fn merge(layer: &mut LayerWeights<B>) -> Self {
         let (q, kv) = (layer.wq.dims()[1], layer.wk.dims()[1]);
         let (hidden, f) = (layer.w_gate.dims()[0], layer.w_gate.dims()[1]);
-        let qkv = Tensor::cat(
+        let mut qkv = Tensor::cat(
             vec![layer.wq.clone(), layer.wk.clone(), layer.wv.clone()],
             1,
         );
-        let gate_up = Tensor::cat(vec![layer.w_gate.clone(), layer.w_up.clone()], 1);
+        let mut gate_up = Tensor::cat(vec![layer.w_gate.clone(), layer.w_up.clone()], 1);
+        let plain_llama = layer.qkv_bias.is_none()
+            && layer.o_bias.is_none()
+            && layer.qk_norm.is_none()
+            && layer.post_attn_norm.is_none()
+            && layer.post_mlp_norm.is_none();
+        let all_f32 = [&qkv, &gate_up, &layer.wo, &layer.w_down]
+            .iter()
+            .all(|w| w.dtype() == DType::F32);
+        let decode_rows =
+            (longctx_gpu_kernels::supported::<B>() && plain_llama && all_f32).then(|| {
+                let (qkv_rows, qkv_view) = as_rows(qkv.clone());
+                let (gate_up_rows, gate_up_view) = as_rows(gate_up.clone());
+                let (wo_rows, wo_view) = as_rows(layer.wo.clone());
+                let (down_rows, down_view) = as_rows(layer.w_down.clone());
+                (qkv, gate_up, layer.wo, layer.w_down) =
+                    (qkv_view, gate_up_view, wo_view, down_view);
+                DecodeRows {
+                    qkv: qkv_rows,
+                    wo: wo_rows,
+                    gate_up: gate_up_rows,
+                    w_down: down_rows,
+                }
+            });
         layer.wq = qkv.clone().slice([0..hidden, 0..q]);
         layer.wk = qkv.clone().slice([0..hidden, q..q + kv]);
         layer.wv = qkv.clone().slice([0..hidden, q + kv..q + 2 * kv]);
@@ -185,6 +233,7 @@ impl<B: Backend> MergedProjections<B> {
             qkv,
             qkv_bias,
             gate_up,
+            decode_rows,
         }
     }
 }
@@ -203,6 +252,9 @@ pub struct Transformer<B: Backend> {
     pub lm_head: Tensor<B, 2>,
     /// `lm_head` as GGUF blocks `[vocab, hidden]` (see [`QuantLinears`]).
     lm_head_quant: Option<Arc<QuantMatrix>>,
+    /// `lm_head` as rows `[vocab, hidden]` for the one-token kernels (see [`DecodeRows`]);
+    /// `lm_head` is then a transposed view of them.
+    lm_head_rows: Option<Tensor<B, 2>>,
     /// Whether decode steps use the GGUF blocks where present (default on).
     quantized_decode: bool,
     /// RoPE of global layers, and of local layers unless `local_rope` is set.
@@ -428,6 +480,13 @@ impl<B: Backend> Transformer<B> {
         } else {
             layers.iter_mut().map(MergedProjections::merge).collect()
         };
+        let (lm_head, lm_head_rows) =
+            if longctx_gpu_kernels::supported::<B>() && lm_head.dtype() == DType::F32 {
+                let (rows, view) = as_rows(lm_head);
+                (view, Some(rows))
+            } else {
+                (lm_head, None)
+            };
         Ok(Self {
             config,
             info,
@@ -436,6 +495,7 @@ impl<B: Backend> Transformer<B> {
             final_norm,
             lm_head,
             lm_head_quant: None,
+            lm_head_rows,
             quantized_decode: true,
             rope,
             local_rope,
@@ -494,6 +554,126 @@ impl<B: Backend> Transformer<B> {
             return None;
         }
         flex_quant_matmul(x, self.packed(packed)?)
+    }
+
+    /// Layer `i`'s queries, keys and values for `x` `[T, hidden]`, as heads `[1, H, T, D]`
+    /// (`H_q`, `H_kv`, `H_kv`), q and k rotated by `cos2` / `sin_signed`.
+    fn project_heads(
+        &self,
+        i: usize,
+        x: Tensor<B, 2>,
+        cos2: &Tensor<B, 3>,
+        sin_signed: &Tensor<B, 3>,
+    ) -> [Tensor<B, 4>; 3] {
+        let c = &self.config;
+        let layer = &self.layers[i];
+        let t = x.dims()[0];
+        let h = rms_norm(x, &layer.attn_norm, c.rms_norm_eps);
+        let [bq, bk, bv] = match &layer.qkv_bias {
+            Some([bq, bk, bv]) => [Some(bq), Some(bk), Some(bv)],
+            None => [None, None, None],
+        };
+        let pk = &layer.quant;
+        let merged = self.merged.get(i);
+        // One product for q, k and v where their weights are merged: on GPUs always, on
+        // flex for decode steps over the packed blocks (whose biases are added per part).
+        let (qkv, part_biases) = match merged {
+            Some(m) => (
+                Some(linear(h.clone(), &m.qkv, None, m.qkv_bias.as_ref())),
+                [None; 3],
+            ),
+            None => (self.packed_product(&h, &layer.wq, &pk.qkv), [bq, bk, bv]),
+        };
+        let (mut q, mut k, v) = match qkv {
+            Some(qkv) => {
+                let (qw, kw) = (c.n_heads * c.head_dim, c.n_kv_heads * c.head_dim);
+                let [bq, bk, bv] = part_biases;
+                (
+                    add_bias(qkv.clone().slice([0..t, 0..qw]), bq),
+                    add_bias(qkv.clone().slice([0..t, qw..qw + kw]), bk),
+                    add_bias(qkv.slice([0..t, qw + kw..qw + 2 * kw]), bv),
+                )
+            }
+            None => (
+                linear(h.clone(), &layer.wq, self.packed(&pk.wq), bq),
+                linear(h.clone(), &layer.wk, self.packed(&pk.wk), bk),
+                linear(h, &layer.wv, self.packed(&pk.wv), bv),
+            ),
+        };
+        if let Some([qn, kn]) = &layer.qk_norm {
+            q = head_norm(q, qn, c.rms_norm_eps);
+            k = head_norm(k, kn, c.rms_norm_eps);
+        }
+        let q = Self::heads(Rope::apply(q, cos2, sin_signed), c.n_heads, c.head_dim);
+        let k = Self::heads(Rope::apply(k, cos2, sin_signed), c.n_kv_heads, c.head_dim);
+        [q, k, Self::heads(v, c.n_kv_heads, c.head_dim)]
+    }
+
+    /// `x + o_proj(out)` (with Gemma's post-attention norm) for layer `i`'s attention output
+    /// `out` `[1, H_q, T, D]` and residual `x` `[T, hidden]`.
+    fn attention_output(&self, i: usize, x: Tensor<B, 2>, out: Tensor<B, 4>) -> Tensor<B, 2> {
+        let c = &self.config;
+        let layer = &self.layers[i];
+        let pk = &layer.quant;
+        let t = x.dims()[0];
+        let out = out.swap_dims(1, 2).reshape([t, c.n_heads * c.head_dim]);
+        let wo = self.packed(&pk.wo);
+        let mut out = linear(out, &layer.wo, wo, layer.o_bias.as_ref());
+        if let Some(norm) = &layer.post_attn_norm {
+            out = rms_norm(out, norm, c.rms_norm_eps);
+        }
+        x + out
+    }
+
+    /// `x + mlp(rms_norm(x))` of layer `i` for `x` `[T, hidden]`.
+    fn mlp(&self, i: usize, x: Tensor<B, 2>) -> Tensor<B, 2> {
+        let c = &self.config;
+        let layer = &self.layers[i];
+        let pk = &layer.quant;
+        let merged = self.merged.get(i);
+        let gemma = c.family == Family::Gemma3;
+        let t = x.dims()[0];
+        let h = rms_norm(x.clone(), &layer.mlp_norm, c.rms_norm_eps);
+        let gate_up = match merged {
+            Some(m) => Some(matmul(h.clone(), &m.gate_up, None)),
+            None => self.packed_product(&h, &layer.w_gate, &pk.gate_up),
+        };
+        let (gate, up) = match gate_up {
+            Some(gate_up) => {
+                let f = c.intermediate_size;
+                (
+                    gate_up.clone().slice([0..t, 0..f]),
+                    gate_up.slice([0..t, f..2 * f]),
+                )
+            }
+            None => (
+                matmul(h.clone(), &layer.w_gate, self.packed(&pk.w_gate)),
+                matmul(h, &layer.w_up, self.packed(&pk.w_up)),
+            ),
+        };
+        let gated = if gemma {
+            gelu_tanh(gate) * up
+        } else {
+            // One parallel pass on flex (views of a merged product read in place).
+            match flex_silu_mul(&gate, &up) {
+                Some(gated) => gated,
+                None => flex_silu(gate).unwrap_or_else(silu) * up,
+            }
+        };
+        let mut out = matmul(gated, &layer.w_down, self.packed(&pk.w_down));
+        if let Some(norm) = &layer.post_mlp_norm {
+            out = rms_norm(out, norm, c.rms_norm_eps);
+        }
+        x + out
+    }
+
+    /// Layer `i`'s weights as rows, when a step of `t` tokens can take the one-token GPU
+    /// kernels.
+    fn decode_rows(&self, i: usize, t: usize) -> Option<&DecodeRows<B>> {
+        if t != 1 {
+            return None;
+        }
+        self.merged.get(i)?.decode_rows.as_ref()
     }
 
     /// Splits `[T, H * D]` into heads `[1, H, T, D]`.
@@ -555,52 +735,25 @@ impl<B: Backend> CausalLm<B> for Transformer<B> {
             .as_ref()
             .map(|r| r.tables::<B>(positions, &self.device));
         let scale = c.attention_scale();
+        let eps = c.rms_norm_eps;
         let needs = state.observe;
 
         for (i, layer) in self.layers.iter().enumerate() {
-            let h = rms_norm(x.clone(), &layer.attn_norm, c.rms_norm_eps);
-            let [bq, bk, bv] = match &layer.qkv_bias {
-                Some([bq, bk, bv]) => [Some(bq), Some(bk), Some(bv)],
-                None => [None, None, None],
-            };
-            let pk = &layer.quant;
-            let merged = self.merged.get(i);
-            // One product for q, k and v where their weights are merged: on GPUs always, on
-            // flex for decode steps over the packed blocks (whose biases are added per part).
-            let (qkv, part_biases) = match merged {
-                Some(m) => (
-                    Some(linear(h.clone(), &m.qkv, None, m.qkv_bias.as_ref())),
-                    [None; 3],
-                ),
-                None => (self.packed_product(&h, &layer.wq, &pk.qkv), [bq, bk, bv]),
-            };
-            let (mut q, mut k, v) = match qkv {
-                Some(qkv) => {
-                    let (qw, kw) = (c.n_heads * c.head_dim, c.n_kv_heads * c.head_dim);
-                    let [bq, bk, bv] = part_biases;
-                    (
-                        add_bias(qkv.clone().slice([0..t, 0..qw]), bq),
-                        add_bias(qkv.clone().slice([0..t, qw..qw + kw]), bk),
-                        add_bias(qkv.slice([0..t, qw + kw..qw + 2 * kw]), bv),
-                    )
-                }
-                None => (
-                    linear(h.clone(), &layer.wq, self.packed(&pk.wq), bq),
-                    linear(h.clone(), &layer.wk, self.packed(&pk.wk), bk),
-                    linear(h, &layer.wv, self.packed(&pk.wv), bv),
-                ),
-            };
-            if let Some([qn, kn]) = &layer.qk_norm {
-                q = head_norm(q, qn, c.rms_norm_eps);
-                k = head_norm(k, kn, c.rms_norm_eps);
-            }
             let (cos2, sin_signed) = match (&local_tables, c.layer_types[i]) {
                 (Some(local), LayerType::Local) => local,
                 _ => &global_tables,
             };
-            let q = Self::heads(Rope::apply(q, cos2, sin_signed), c.n_heads, c.head_dim);
-            let k = Self::heads(Rope::apply(k, cos2, sin_signed), c.n_kv_heads, c.head_dim);
-            let v = Self::heads(v, c.n_kv_heads, c.head_dim);
+            // One-token steps on burn's unfused GPU backends: RMSNorm, the merged product,
+            // RoPE and the head split in two launches (about 20 through burn's ops).
+            let rows = self.decode_rows(i, t);
+            let fused = rows.and_then(|r| {
+                let qkv = longctx_gpu_kernels::norm_matvec(&x, &layer.attn_norm, eps, &r.qkv)?;
+                longctx_gpu_kernels::rope_split(&qkv, cos2, sin_signed, c.n_heads, c.n_kv_heads)
+            });
+            let [q, k, v] = match fused {
+                Some(heads) => heads,
+                None => self.project_heads(i, x.clone(), cos2, sin_signed),
+            };
 
             let cache = state.cache_mut(i)?;
             cache.append(k, v, positions)?;
@@ -616,49 +769,28 @@ impl<B: Backend> CausalLm<B> for Transformer<B> {
                     query_positions: positions.to_vec(),
                 })?;
             }
-            let out = attended
-                .output
-                .swap_dims(1, 2)
-                .reshape([t, c.n_heads * c.head_dim]);
-            let wo = self.packed(&pk.wo);
-            let mut out = linear(out, &layer.wo, wo, layer.o_bias.as_ref());
-            if let Some(norm) = &layer.post_attn_norm {
-                out = rms_norm(out, norm, c.rms_norm_eps);
-            }
-            x = x + out;
-
-            let h = rms_norm(x.clone(), &layer.mlp_norm, c.rms_norm_eps);
-            let gate_up = match merged {
-                Some(m) => Some(matmul(h.clone(), &m.gate_up, None)),
-                None => self.packed_product(&h, &layer.w_gate, &pk.gate_up),
+            // One token: `[1, H_q, 1, D]` is already `[1, H_q D]` in memory.
+            let fused = rows.and_then(|r| {
+                let out = attended.output.clone().reshape([1, c.n_heads * c.head_dim]);
+                longctx_gpu_kernels::matvec_residual(&out, &r.wo, &x)
+            });
+            x = match fused {
+                Some(x) => x,
+                None => self.attention_output(i, x, attended.output),
             };
-            let (gate, up) = match gate_up {
-                Some(gate_up) => {
-                    let f = c.intermediate_size;
-                    (
-                        gate_up.clone().slice([0..t, 0..f]),
-                        gate_up.slice([0..t, f..2 * f]),
-                    )
-                }
-                None => (
-                    matmul(h.clone(), &layer.w_gate, self.packed(&pk.w_gate)),
-                    matmul(h, &layer.w_up, self.packed(&pk.w_up)),
-                ),
+            let fused = rows.and_then(|r| {
+                let gated = longctx_gpu_kernels::norm_matvec_silu_gate_up(
+                    &x,
+                    &layer.mlp_norm,
+                    eps,
+                    &r.gate_up,
+                )?;
+                longctx_gpu_kernels::matvec_residual(&gated, &r.w_down, &x)
+            });
+            x = match fused {
+                Some(x) => x,
+                None => self.mlp(i, x),
             };
-            let gated = if gemma {
-                gelu_tanh(gate) * up
-            } else {
-                // One parallel pass on flex (views of a merged product read in place).
-                match flex_silu_mul(&gate, &up) {
-                    Some(gated) => gated,
-                    None => flex_silu(gate).unwrap_or_else(silu) * up,
-                }
-            };
-            let mut out = matmul(gated, &layer.w_down, self.packed(&pk.w_down));
-            if let Some(norm) = &layer.post_mlp_norm {
-                out = rms_norm(out, norm, c.rms_norm_eps);
-            }
-            x = x + out;
         }
         state.processed_tokens += t;
 
@@ -666,8 +798,16 @@ impl<B: Backend> CausalLm<B> for Transformer<B> {
             LogitsSelection::Last => x.slice([t - 1..t, 0..c.hidden_size]),
             LogitsSelection::All => x,
         };
-        let x = rms_norm(x, &self.final_norm, c.rms_norm_eps);
-        let logits = matmul(x, &self.lm_head, self.packed(&self.lm_head_quant));
+        let one_row = self.lm_head_rows.as_ref().filter(|_| x.dims()[0] == 1);
+        let fused = one_row
+            .and_then(|rows| longctx_gpu_kernels::norm_matvec(&x, &self.final_norm, eps, rows));
+        let logits = match fused {
+            Some(logits) => logits,
+            None => {
+                let x = rms_norm(x, &self.final_norm, c.rms_norm_eps);
+                matmul(x, &self.lm_head, self.packed(&self.lm_head_quant))
+            }
+        };
         Ok(match c.final_logit_softcap {
             Some(cap) => (logits / cap).tanh() * cap,
             None => logits,
