@@ -46,6 +46,32 @@ pub fn supported<B: Backend>() -> bool {
     b == TypeId::of::<WgpuUnfused>()
 }
 
+/// Whether models should lay their weights out as rows for the one-token products
+/// ([`norm_matvec`] and the others in `matvec`) on backend `B`: on burn's unfused WGPU
+/// backend always, on CUDA only with `LONGCTX_CUDA_ROW_KERNELS=1` (`on`, `true`) beside the
+/// kernels being on. Off by default on CUDA until measured there: their first version (no
+/// unrolled loads) decoded at 46-55 tokens/s on an H100 against 84-85 without them, and the
+/// unrolled one has given the CPU's greedy continuation on an H100 but no speed figure yet
+/// (`docs/plans/issue-3-cuda-decode-and-ci-time.md`).
+pub fn rows_wanted<B: Backend>() -> bool {
+    #[cfg(feature = "cuda")]
+    if TypeId::of::<B>() == TypeId::of::<CudaUnfused>() {
+        return supported::<B>()
+            && rows_enabled(std::env::var("LONGCTX_CUDA_ROW_KERNELS").ok().as_deref());
+    }
+    supported::<B>()
+}
+
+/// Whether the value of `LONGCTX_CUDA_ROW_KERNELS` turns the one-token products on for CUDA
+/// (`1`, `on` or `true`).
+#[cfg(any(feature = "cuda", test))]
+fn rows_enabled(value: Option<&str>) -> bool {
+    matches!(
+        value.map(|v| v.trim().to_ascii_lowercase()).as_deref(),
+        Some("1" | "on" | "true")
+    )
+}
+
 /// Whether the value of `LONGCTX_GPU_KERNELS` leaves the kernels on for CUDA (anything but
 /// `0`, `off` or `false`).
 #[cfg(any(feature = "cuda", test))]
@@ -445,6 +471,17 @@ mod tests {
 
     fn max_diff<const D: usize>(a: Tensor<B, D>, b: Tensor<B, D>) -> f32 {
         (a - b).abs().max().into_scalar()
+    }
+
+    #[test]
+    fn cuda_takes_the_row_kernels_only_when_asked() {
+        assert!(!rows_enabled(None));
+        assert!(!rows_enabled(Some("0")));
+        for on in ["1", "on", " TRUE "] {
+            assert!(rows_enabled(Some(on)), "{on}");
+        }
+        assert!(rows_wanted::<B>()); // unfused WGPU: always
+        assert!(!rows_wanted::<burn::backend::Flex>());
     }
 
     #[test]

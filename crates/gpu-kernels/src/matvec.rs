@@ -4,7 +4,8 @@
 //!
 //! A decode step on the H100 is bound by launches (about 25 a layer through burn's ops, each
 //! ~15 us of host time: 85 tokens/s at any context, README "Performance"); these take a
-//! layer's non-attention work to five launches.
+//! layer's non-attention work to five launches. Models use them where
+//! [`crate::rows_wanted`] (on CUDA only with `LONGCTX_CUDA_ROW_KERNELS=1` until measured).
 //!
 //! Weights are read as rows `[N, K]` (`W^T` of the `[K, N]` matrices `x @ W` uses, unit
 //! stride along `K`): one plane (warp) per output row, whose 32 units read 32 consecutive

@@ -165,8 +165,9 @@ struct MergedProjections<B: Backend> {
 /// One layer's weights as rows `[N, K]` (unit stride along the input `K`) for the one-token
 /// kernels of `longctx_gpu_kernels`, which read a row per plane with coalesced loads; the
 /// layer's `[K, N]` weights (and `MergedProjections`' `qkv`, `gate_up`) are transposed views
-/// of these, so nothing is stored twice. Present only on the backends those kernels run on,
-/// for f32 layers of the plain Llama shape (no biases, no extra norms).
+/// of these, so nothing is stored twice. Present only where `longctx_gpu_kernels::rows_wanted`
+/// (unfused WGPU; CUDA with `LONGCTX_CUDA_ROW_KERNELS=1`), for f32 layers of the plain Llama
+/// shape (no biases, no extra norms).
 #[derive(Clone, Debug)]
 struct DecodeRows<B: Backend> {
     /// `[(H_q + 2 H_kv) D, hidden]`
@@ -206,7 +207,7 @@ impl<B: Backend> MergedProjections<B> {
             .iter()
             .all(|w| w.dtype() == DType::F32);
         let decode_rows =
-            (longctx_gpu_kernels::supported::<B>() && plain_llama && all_f32).then(|| {
+            (longctx_gpu_kernels::rows_wanted::<B>() && plain_llama && all_f32).then(|| {
                 let (qkv_rows, qkv_view) = as_rows(qkv.clone());
                 let (gate_up_rows, gate_up_view) = as_rows(gate_up.clone());
                 let (wo_rows, wo_view) = as_rows(layer.wo.clone());
@@ -481,7 +482,7 @@ impl<B: Backend> Transformer<B> {
             layers.iter_mut().map(MergedProjections::merge).collect()
         };
         let (lm_head, lm_head_rows) =
-            if longctx_gpu_kernels::supported::<B>() && lm_head.dtype() == DType::F32 {
+            if longctx_gpu_kernels::rows_wanted::<B>() && lm_head.dtype() == DType::F32 {
                 let (rows, view) = as_rows(lm_head);
                 (view, Some(rows))
             } else {
