@@ -18,9 +18,6 @@ use burn::tensor::{backend::Backend, DType, Tensor, TensorPrimitive};
 use burn_cubecl::{tensor::CubeTensor, CubeBackend, CubeRuntime};
 use cubecl::prelude::{CubeCount, CubeDim, TensorArg};
 
-mod matvec;
-pub use matvec::{contiguous, matvec_residual, norm_matvec, norm_matvec_silu_gate_up, rope_split};
-
 /// Units per cube: a power of two (the reductions halve it).
 const BLOCK: usize = 256;
 
@@ -102,25 +99,40 @@ pub(crate) fn tensor_of<B: Backend, R: CubeRuntime, const D: usize>(
     Some(Tensor::from_primitive(TensorPrimitive::Float(*primitive)))
 }
 
-/// Runs `f` on the CubeCL tensors of `inputs` when `B` is a supported backend.
-macro_rules! on_cube {
-    ($B:ty, $D:literal, [$($input:expr),+], $f:expr) => {{
-        #[cfg(feature = "cuda")]
-        if TypeId::of::<$B>() == TypeId::of::<CudaUnfused>() {
-            return (|| {
-                let out = $f($(cube_of::<$B, CudaUnfused, cubecl::cuda::CudaRuntime, _>($input)?),+)?;
-                tensor_of::<$B, _, $D>(out)
-            })();
-        }
-        if TypeId::of::<$B>() == TypeId::of::<WgpuUnfused>() {
-            return (|| {
-                let out = $f($(cube_of::<$B, WgpuUnfused, cubecl::wgpu::WgpuRuntime, _>($input)?),+)?;
-                tensor_of::<$B, _, $D>(out)
-            })();
-        }
-        None
-    }};
+/// Runs `f` on the CubeCL tensors of `inputs` when `B` is a supported backend; `f` returns
+/// CubeCL tensors, given back as burn tensors of `D` dimensions. `None` on other backends, or
+/// when `f` declines.
+macro_rules! on_cube_many {
+    ($B:ty, $D:tt, [$($input:expr),+], $f:expr) => {
+        (|| -> Option<Vec<::burn::tensor::Tensor<$B, $D>>> {
+            #[cfg(feature = "cuda")]
+            if ::std::any::TypeId::of::<$B>() == ::std::any::TypeId::of::<$crate::CudaUnfused>() {
+                let outs: Vec<::burn_cubecl::tensor::CubeTensor<::cubecl::cuda::CudaRuntime>> =
+                    $f($($crate::cube_of::<$B, $crate::CudaUnfused, ::cubecl::cuda::CudaRuntime, _>($input)?),+)?;
+                return outs.into_iter().map($crate::tensor_of::<$B, _, $D>).collect();
+            }
+            if ::std::any::TypeId::of::<$B>() == ::std::any::TypeId::of::<$crate::WgpuUnfused>() {
+                let outs: Vec<::burn_cubecl::tensor::CubeTensor<::cubecl::wgpu::WgpuRuntime>> =
+                    $f($($crate::cube_of::<$B, $crate::WgpuUnfused, ::cubecl::wgpu::WgpuRuntime, _>($input)?),+)?;
+                return outs.into_iter().map($crate::tensor_of::<$B, _, $D>).collect();
+            }
+            None
+        })()
+    };
 }
+
+/// [`on_cube_many`] for an `f` that returns one CubeCL tensor (`Option<CubeTensor>`); the
+/// inputs are named by identifiers, which `f` takes in order.
+macro_rules! on_cube {
+    ($B:ty, $D:tt, [$($input:ident),+], $f:expr) => {
+        on_cube_many!($B, $D, [$($input),+], |$($input),+| $f($($input),+).map(|t| vec![t]))
+            .and_then(|mut outs| outs.pop())
+    };
+}
+
+// After the macros: `macro_rules!` are visible only below their definition.
+mod matvec;
+pub use matvec::{contiguous, matvec_residual, norm_matvec, norm_matvec_silu_gate_up, rope_split};
 
 /// Whether `t` is f32 with unit stride on its last axis and rows `row_stride` apart.
 fn rows_of<R: CubeRuntime>(t: &CubeTensor<R>) -> Option<(usize, usize)> {
@@ -465,11 +477,11 @@ mod tests {
 
     type B = WgpuUnfused;
 
-    fn random<const D: usize>(shape: [usize; D]) -> Tensor<B, D> {
+    pub(crate) fn random<const D: usize>(shape: [usize; D]) -> Tensor<B, D> {
         Tensor::random(shape, Distribution::Normal(0.0, 1.0), &Default::default())
     }
 
-    fn max_diff<const D: usize>(a: Tensor<B, D>, b: Tensor<B, D>) -> f32 {
+    pub(crate) fn max_diff<const D: usize>(a: Tensor<B, D>, b: Tensor<B, D>) -> f32 {
         (a - b).abs().max().into_scalar()
     }
 

@@ -13,15 +13,11 @@
 //! outputs. The model keeps its `[K, N]` weights as transposed views of these rows, so no
 //! weight is stored twice.
 
-use std::any::TypeId;
-
 use burn::tensor::{backend::Backend, DType, Tensor};
 use burn_cubecl::{tensor::CubeTensor, CubeRuntime};
 use cubecl::prelude::{CubeCount, CubeDim};
 
-#[cfg(feature = "cuda")]
-use crate::CudaUnfused;
-use crate::{cube_of, empty_f32, supported, tensor_arg, tensor_of, WgpuUnfused};
+use crate::{empty_f32, supported, tensor_arg};
 
 /// Units a plane (warp) has on the GPUs targeted; a row's dot product is split over them.
 const LANES: usize = 32;
@@ -302,36 +298,6 @@ fn matvec_cube<R: CubeRuntime>(
     Some(out)
 }
 
-/// Runs `f` on the CubeCL tensors of `inputs` when `B` is a supported backend; `f` returns
-/// CubeCL tensors, given back as burn tensors of `D` dimensions. `None` on other backends, or
-/// when `f` declines.
-macro_rules! on_cube_many {
-    ($B:ty, $D:tt, [$($input:expr),+], $f:expr) => {
-        (|| -> Option<Vec<Tensor<$B, $D>>> {
-            #[cfg(feature = "cuda")]
-            if TypeId::of::<$B>() == TypeId::of::<CudaUnfused>() {
-                let outs: Vec<CubeTensor<cubecl::cuda::CudaRuntime>> =
-                    $f($(cube_of::<$B, CudaUnfused, cubecl::cuda::CudaRuntime, _>($input)?),+)?;
-                return outs.into_iter().map(tensor_of::<$B, _, $D>).collect();
-            }
-            if TypeId::of::<$B>() == TypeId::of::<WgpuUnfused>() {
-                let outs: Vec<CubeTensor<cubecl::wgpu::WgpuRuntime>> =
-                    $f($(cube_of::<$B, WgpuUnfused, cubecl::wgpu::WgpuRuntime, _>($input)?),+)?;
-                return outs.into_iter().map(tensor_of::<$B, _, $D>).collect();
-            }
-            None
-        })()
-    };
-}
-
-fn one<T>(t: Option<T>) -> Option<Vec<T>> {
-    t.map(|t| vec![t])
-}
-
-fn single<B: Backend>(outs: Option<Vec<Tensor<B, 2>>>) -> Option<Tensor<B, 2>> {
-    outs?.pop()
-}
-
 /// `rms_norm(x) @ W` for one token: `x` `[1, K]`, RMSNorm gain `gain` `[K]` and `eps`,
 /// weight rows `w_rows` `[N, K]` (`W^T`, unit stride along `K`); returns `[1, N]`. One launch.
 /// `None` when the backend or a layout is not supported.
@@ -345,13 +311,13 @@ pub fn norm_matvec<B: Backend>(
         return None;
     }
     let (x, g, w) = (x.clone(), gain.clone(), w_rows.clone());
-    single(on_cube_many!(B, 2, [x, g, w], |x, g, w| one(matvec_cube(
+    on_cube!(B, 2, [x, g, w], |x, g, w| matvec_cube(
         x,
         Some((g, eps)),
         w,
         None,
         Epilogue::Plain
-    ))))
+    ))
 }
 
 /// `residual + x @ W` for one token: `x` `[1, K]`, weight rows `w_rows` `[N, K]`, `residual`
@@ -365,13 +331,13 @@ pub fn matvec_residual<B: Backend>(
         return None;
     }
     let (x, w, r) = (x.clone(), w_rows.clone(), residual.clone());
-    single(on_cube_many!(B, 2, [x, w, r], |x, w, r| one(matvec_cube(
+    on_cube!(B, 2, [x, w, r], |x, w, r| matvec_cube(
         x,
         None,
         w,
         Some(r),
         Epilogue::Residual
-    ))))
+    ))
 }
 
 /// `silu(h @ W_gate) * (h @ W_up)` with `h = rms_norm(x)` for one token: `x` `[1, K]`, gain
@@ -387,13 +353,13 @@ pub fn norm_matvec_silu_gate_up<B: Backend>(
         return None;
     }
     let (x, g, w) = (x.clone(), gain.clone(), gate_up_rows.clone());
-    single(on_cube_many!(B, 2, [x, g, w], |x, g, w| one(matvec_cube(
+    on_cube!(B, 2, [x, g, w], |x, g, w| matvec_cube(
         x,
         Some((g, eps)),
         w,
         None,
         Epilogue::SiluGateUp
-    ))))
+    ))
 }
 
 fn rope_split_cube<R: CubeRuntime>(
@@ -475,17 +441,11 @@ pub fn contiguous<B: Backend, const D: usize>(t: Tensor<B, D>) -> Tensor<B, D> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use burn::tensor::{activation::silu, Distribution};
+    use crate::tests::{max_diff, random};
+    use crate::{cube_of, WgpuUnfused};
+    use burn::tensor::activation::silu;
 
     type B = WgpuUnfused;
-
-    fn random<const D: usize>(shape: [usize; D]) -> Tensor<B, D> {
-        Tensor::random(shape, Distribution::Normal(0.0, 1.0), &Default::default())
-    }
-
-    fn max_diff<const D: usize>(a: Tensor<B, D>, b: Tensor<B, D>) -> f32 {
-        (a - b).abs().max().into_scalar()
-    }
 
     fn normed(x: &Tensor<B, 2>, gain: &Tensor<B, 1>, eps: f64) -> Tensor<B, 2> {
         let variance = x.clone().powi_scalar(2).mean_dim(1);
