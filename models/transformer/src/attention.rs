@@ -112,6 +112,70 @@ fn flash_scale(scale: f64, head_dim: usize, t: usize) -> Option<f64> {
     }
 }
 
+/// The most bytes one f32 score tensor `[1, H_q, rows, S]` of burn's (unfused) attention may
+/// take before [`in_query_blocks`] splits the queries: 128 MiB, or `LONGCTX_SCORE_BLOCK_MIB`
+/// (`0`: never split; for A/B runs). burn's fallback keeps a few such tensors alive at once,
+/// and at 8,000 keys a 2,048-token chunk's is 590 MB for SmolLM2's 9 heads: the CUDA prefill
+/// peaked at 8.4 GiB against 2.6 GiB at 2,048 tokens. WGPU binds at most 128 MiB per storage
+/// buffer by default (lavapipe: "can't allocate buffer", a panic in cubecl), so a larger
+/// score tensor could not be made there at all.
+fn score_block_bytes() -> usize {
+    static BYTES: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
+    *BYTES.get_or_init(|| {
+        let mib = std::env::var("LONGCTX_SCORE_BLOCK_MIB")
+            .ok()
+            .and_then(|v| v.trim().parse::<usize>().ok())
+            .unwrap_or(128);
+        if mib == 0 {
+            usize::MAX
+        } else {
+            mib << 20
+        }
+    })
+}
+
+/// burn's `attention` of `queries` `[1, H, T, D]` over `keys` / `values` `[1, H, S, D]`, in
+/// blocks of query rows whose f32 scores `[1, H, rows, S]` stay within `budget` bytes; returns
+/// `[1, H, T, D]`, the same as one call. `mask` `[1, H, T, S]` (`true` = hidden) is sliced per
+/// block. With `options.is_causal` (bottom-right aligned: the queries are the last `T` of the
+/// `S` keys) a block attends only to the keys up to its last query, so the blocks also skip
+/// the scores every query of the block would mask.
+fn in_query_blocks<B: Backend>(
+    queries: Tensor<B, 4>,
+    keys: Tensor<B, 4>,
+    values: Tensor<B, 4>,
+    mask: Option<Tensor<B, 4, Bool>>,
+    options: AttentionModuleOptions,
+    budget: usize,
+) -> Tensor<B, 4> {
+    let [_, h, t, d] = queries.dims();
+    let s = keys.dims()[2];
+    let score_bytes = h * t * s * size_of::<f32>();
+    if score_bytes <= budget || t == 1 {
+        return attention(queries, keys, values, mask, None, options);
+    }
+    // Equal blocks, so a prefill allocates few distinct score sizes.
+    let blocks = score_bytes.div_ceil(budget).min(t);
+    let rows = t.div_ceil(blocks);
+    let outputs = (0..t)
+        .step_by(rows)
+        .map(|start| {
+            let end = (start + rows).min(t);
+            let seen = if options.is_causal { s - t + end } else { s };
+            attention(
+                queries.clone().slice([0..1, 0..h, start..end, 0..d]),
+                keys.clone().slice([0..1, 0..h, 0..seen, 0..d]),
+                values.clone().slice([0..1, 0..h, 0..seen, 0..d]),
+                mask.clone()
+                    .map(|m| m.slice([0..1, 0..h, start..end, 0..seen])),
+                None,
+                options,
+            )
+        })
+        .collect();
+    Tensor::cat(outputs, 2)
+}
+
 /// Repeats `[1, H_kv, S, D]` to `[1, H_kv * groups, S, D]` (grouped-query attention).
 fn repeat_kv<B: Backend>(x: Tensor<B, 4>, groups: usize) -> Tensor<B, 4> {
     if groups == 1 {
@@ -244,7 +308,7 @@ pub fn attend<B: Backend>(
         let k = repeat_kv(view.keys.clone(), groups);
         let v = repeat_kv(view.values.clone(), groups);
         return Attended {
-            output: attention(queries, k, v, None, None, options),
+            output: in_query_blocks(queries, k, v, None, options, score_block_bytes()),
             weights: None,
         };
     }
@@ -280,7 +344,7 @@ pub fn attend<B: Backend>(
             is_causal: false,
         };
         return Attended {
-            output: attention(queries, k, v, Some(mask), None, options),
+            output: in_query_blocks(queries, k, v, Some(mask), options, score_block_bytes()),
             weights: None,
         };
     }
@@ -352,6 +416,64 @@ mod tests {
         assert!(plain_causal(&[2, 3], &[3], Some(2)));
         assert!(!plain_causal(&[0, 1, 2], &[0, 1, 2], Some(2))); // query 2 must not see key 0
         assert!(plain_causal(&[0, 1, 2], &[0, 1, 2], Some(3)));
+    }
+
+    /// Query blocks within a small budget give one call's output: causal (queries the last
+    /// 10 of 16 keys) and with an explicit mask.
+    fn query_blocks_equal_one_call<B: Backend>(device: &B::Device) {
+        use burn::tensor::{Distribution, ElementConversion};
+        let [h, t, s, d] = [3, 10, 16, 4];
+        let normal = Distribution::Normal(0.0, 1.0);
+        let q = Tensor::<B, 4>::random([1, h, t, d], normal, device);
+        let k = Tensor::<B, 4>::random([1, h, s, d], normal, device);
+        let v = Tensor::<B, 4>::random([1, h, s, d], normal, device);
+        let one_block = usize::MAX;
+        // Half the scores: two blocks of five rows (few shapes: wgpu tunes each).
+        let small = h * t * s * size_of::<f32>() / 2;
+        let max_diff =
+            |a: Tensor<B, 4>, b: Tensor<B, 4>| -> f32 { (a - b).abs().max().into_scalar().elem() };
+        let causal = AttentionModuleOptions {
+            scale: Some(0.3),
+            softcap: None,
+            is_causal: true,
+        };
+        let whole = in_query_blocks(q.clone(), k.clone(), v.clone(), None, causal, one_block);
+        let blocked = in_query_blocks(q.clone(), k.clone(), v.clone(), None, causal, small);
+        assert_eq!(blocked.dims(), [1, h, t, d]);
+        assert!(max_diff(whole, blocked) < 1e-5);
+
+        // Hide key j from query i when (i + j) % 3 == 0, except key 0 (no row fully hidden).
+        let hidden: Vec<bool> = (0..h * t * s)
+            .map(|x| {
+                let (i, j) = ((x / s) % t, x % s);
+                j > 0 && (i + j) % 3 == 0
+            })
+            .collect();
+        let mask = Tensor::<B, 4, Bool>::from_data(TensorData::new(hidden, [1, h, t, s]), device);
+        let masked = AttentionModuleOptions {
+            is_causal: false,
+            ..causal
+        };
+        let whole = in_query_blocks(
+            q.clone(),
+            k.clone(),
+            v.clone(),
+            Some(mask.clone()),
+            masked,
+            one_block,
+        );
+        let blocked = in_query_blocks(q, k, v, Some(mask), masked, small);
+        assert!(max_diff(whole, blocked) < 1e-5);
+    }
+
+    #[test]
+    fn query_blocks_equal_one_call_on_ndarray() {
+        query_blocks_equal_one_call::<burn::backend::NdArray>(&Default::default());
+    }
+
+    #[test]
+    fn query_blocks_equal_one_call_on_wgpu() {
+        query_blocks_equal_one_call::<longctx_gpu_kernels::WgpuUnfused>(&Default::default());
     }
 }
 #[cfg(test)]
